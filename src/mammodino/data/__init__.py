@@ -1,0 +1,1 @@
+"""Tissue-aware crops and masks, augmentations, datasets and collation."""

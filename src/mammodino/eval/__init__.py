@@ -1,0 +1,1 @@
+"""Embeddings, probes, fine-tuning, localization, metrics, splits and baselines."""

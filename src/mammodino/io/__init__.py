@@ -1,0 +1,1 @@
+"""Reading mammograms (DICOM, PNG, PGM, TIFF, NumPy), manifests and PHI-safe ids."""

@@ -1,0 +1,1 @@
+"""DINO, iBOT, KoLeo and cross-slice contrastive losses, and centering strategies."""

@@ -1,0 +1,1 @@
+"""Vision transformer, DINO/iBOT heads, weight conversion and export."""

@@ -1,0 +1,1 @@
+"""Breast mask, orientation, pectoral muscle and the prepared cache."""

@@ -1,0 +1,1 @@
+"""Synthetic breast phantom: FFDM and DBT with ground truth, written as real DICOM."""

@@ -1,0 +1,1 @@
+"""Meta-architecture, schedules, optimiser groups, the loop, checkpoints, distributed."""

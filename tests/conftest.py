@@ -1,0 +1,42 @@
+"""Shared fixtures: where the real data lives, and deterministic torch settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def shared_data_dir(*parts: str) -> Path:
+    """A folder under ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available at {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def mini_mias_dir() -> Path:
+    return shared_data_dir("mini-mias")
+
+
+@pytest.fixture
+def dicom_samples_dir() -> Path:
+    return shared_data_dir("dicom-samples")
+
+
+@pytest.fixture(autouse=True)
+def _torch_single_thread():
+    """Tests run with one intra-op thread: deterministic and fair on a 2-core machine."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
