@@ -63,3 +63,11 @@ class CheckpointError(MammodinoError):
 
 class NonFiniteLossError(MammodinoError):
     """Training produced non-finite losses too many steps in a row."""
+
+
+class EvaluationError(MammodinoError):
+    """Features, labels or an evaluation setting do not fit together (join, task, splits)."""
+
+
+class LabelsError(MammodinoError):
+    """A published label file does not have the columns or values its data set documents."""

@@ -1,0 +1,171 @@
+"""Seconds per training step, samples/s and model FLOP/s against this machine's matmul peak.
+
+    .venv/bin/python benchmarks/train_step.py [--repeats 3] [--models tiny-cpu,vits14]
+        [--precisions fp32,bf16] [--malloc both|on|off]
+
+For each model and precision it times the production step (`Trainer.train_step`: teacher,
+student, DINO + iBOT + KoLeo losses, backward, clipping, fused AdamW, EMA) on a fixed synthetic
+batch, counts the step's model FLOPs with torch's FlopCounterMode (matmuls, convolutions and
+attention, forward and backward), and divides the achieved FLOP/s by the matmul peak measured in
+the same process (large torch.matmul, fp32 and bf16). Models: `tiny-cpu` (its preset batch) and
+`vits14` (ViT-S/14, 2 x 224 + 8 x 98 crops, 65536 prototypes, batch 8). Each configuration runs
+in a child process twice: with glibc's default allocator settings and with the GLIBC_TUNABLES
+that keep large buffers mapped (commands/pretrain.py sets them for CPU training). Medians of
+`--repeats` timed steps after one warm-up step. Target: ViT-S fp32 >= 60% of the fp32 peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from torch.utils import flop_counter
+
+from mammodino.commands.pretrain import MALLOC_TUNABLES
+from mammodino.config import load_config
+from mammodino.data.collate import collate_pretrain
+from mammodino.train.loop import Trainer
+
+MODELS = {
+    "tiny-cpu": ["monitor.every=0"],
+    "vits14": ["data.batch_size=8", "monitor.every=0"],
+}
+aten = torch.ops.aten
+
+
+# FlopCounterMode has no formula for the CPU flash-attention kernels SDPA dispatches to here.
+@flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+def _sdpa_cpu_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query, key, value)
+
+
+@flop_counter.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _sdpa_cpu_backward_flop(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 7) -> float:
+    """Median FLOP/s of an n x n matmul in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.matmul(a, b)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def synthetic_batch(cfg, seed: int = 0) -> dict:
+    """A collated batch of the config's shapes: random crops, DINOv2-like mask ratios."""
+    gen = torch.Generator().manual_seed(seed)
+    crops, masking = cfg.crops, cfg.masking
+    g, loc, p = crops.global_size, crops.local_size, cfg.model.patch_size
+    n_tokens = (g // p) ** 2
+    samples = []
+    for index in range(cfg.data.batch_size):
+        masks = torch.zeros(crops.n_global, n_tokens, dtype=torch.bool)
+        for crop in range(crops.n_global):
+            if torch.rand((), generator=gen) < masking.probability:
+                ratio = float(torch.empty(()).uniform_(*masking.ratio, generator=gen))
+                masks[crop, torch.randperm(n_tokens, generator=gen)[: int(ratio * n_tokens)]] = True
+        samples.append({
+            "global_crops": torch.rand(crops.n_global, 1, g, g, generator=gen),
+            "local_crops": torch.rand(crops.n_local, 1, loc, loc, generator=gen),
+            "global_patch_tissue": torch.ones(crops.n_global, g // p, g // p),
+            "masks": masks,
+            "index": index,
+        })  # fmt: skip
+    return collate_pretrain(samples)
+
+
+def bench(model: str, precision: str, repeats: int) -> dict:
+    """Time and count one configuration's training step."""
+    cfg = load_config(preset=model, overrides=[*MODELS[model], f"train.precision={precision}"])
+    batch = synthetic_batch(cfg)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(cfg, out, dataset=[None] * cfg.data.batch_size, show_progress=False)
+        values = trainer.schedules.at(trainer.schedules.total_steps // 2)
+        trainer.train_step([batch], values)  # warm-up: allocations, kernel selection
+        with flop_counter.FlopCounterMode(display=False) as counter:
+            trainer.train_step([batch], values)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            trainer.train_step([batch], values)
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    flops = counter.get_total_flops()
+    return {
+        "model": model,
+        "precision": precision,
+        "batch": cfg.data.batch_size,
+        "s_per_step": seconds,
+        "samples_per_s": cfg.data.batch_size / seconds,
+        "gflop_per_step": flops / 1e9,
+        "gflop_per_s": flops / seconds / 1e9,
+    }
+
+
+def child(args: argparse.Namespace) -> None:
+    """Measure in this process (its allocator settings fixed at start) and print JSON lines."""
+    peaks = {"fp32": [matmul_peak(torch.float32)], "bf16": [matmul_peak(torch.bfloat16)]}
+    for model in args.models.split(","):
+        for precision in args.precisions.split(","):
+            result = bench(model, precision, args.repeats)
+            print(json.dumps(result), flush=True)
+    peaks["fp32"].append(matmul_peak(torch.float32))
+    peaks["bf16"].append(matmul_peak(torch.bfloat16))
+    print(json.dumps({"peak": {k: statistics.median(v) / 1e9 for k, v in peaks.items()}}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="tiny-cpu,vits14")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--malloc", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
+          "(shared machine: other jobs run at the same time; figures are noisy)")  # fmt: skip
+    variants = {"off": "", "on": MALLOC_TUNABLES}
+    chosen = variants if args.malloc == "both" else {args.malloc: variants[args.malloc]}
+    baseline = {}
+    for name, tunables in chosen.items():
+        env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+        if tunables:
+            env["GLIBC_TUNABLES"] = tunables
+        command = [sys.executable, __file__, "--child", *sys.argv[1:]]
+        lines = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+        rows = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+        peak = rows[-1]["peak"]
+        print(f"\nmalloc tunables {name}: matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, "
+              f"bf16 {peak['bf16']:.0f} GFLOP/s")  # fmt: skip
+        for row in rows[:-1]:
+            key = (row["model"], row["precision"])
+            ratio = row["gflop_per_s"] / peak[row["precision"]]
+            speedup = (
+                f"  x{baseline[key] / row['s_per_step']:.2f} vs off" if key in baseline else ""
+            )
+            baseline.setdefault(key, row["s_per_step"])
+            print(
+                f"  {row['model']:9s} {row['precision']} batch {row['batch']:3d}: "
+                f"{row['s_per_step']:7.3f} s/step {row['samples_per_s']:7.2f} samples/s "
+                f"{row['gflop_per_step']:8.1f} GFLOP/step {row['gflop_per_s']:6.1f} GFLOP/s "
+                f"= {ratio:5.1%} of {row['precision']} peak{speedup}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Prepare a cache of mammograms: breast mask, chest wall left, crop, resize, manifest.
+
+Example:
+  mammodino prepare ../shared/data/mini-mias /tmp/mias-cache --workers 2
+
+SRC is a folder (walked recursively), one file, or a CSV with a `path` column. OUT gets
+images/ (uint16 PNG), masks/ (uint8 PNG), manifest.csv, errors.csv and config.yaml. A rerun skips
+files already prepared. Ids are salted hashes; no PHI is written or printed. See docs/prepare.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "prepare a cache: breast masks, chest wall left, crops, manifest.csv, errors.csv"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", metavar="SRC", help="folder of images, one image, or a CSV list")
+    parser.add_argument("out", metavar="OUT", help="cache folder (created; rerun resumes)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
+    parser.add_argument("--cache-size", type=int, help="long side of cached crops, pixels")
+    parser.add_argument("--margin", type=float, help="crop margin, share of the breast box")
+    parser.add_argument("--pectoral", action="store_true", help="also write pectoral masks (MLO)")
+    parser.add_argument("--voi", choices=("none", "window", "voi_lut"), help="DICOM VOI mode")
+    parser.add_argument("--salt", help="salt of pseudonymous ids (else data.salt, $MAMMODINO_SALT)")
+    parser.add_argument(
+        "--patients", help="CSV with columns source,patient: patient of non-DICOM files"
+    )
+    parser.add_argument(
+        "--patient-rule",
+        default="auto",
+        choices=("auto", "none", "mini-mias"),
+        help="auto: mini-MIAS names mdbNNN pair right/left of one woman",
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any file is skipped")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--config", help="preset name or YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def _settings(args: argparse.Namespace):
+    from mammodino.config import load_config
+    from mammodino.preprocess.pipeline import PrepareSettings
+
+    cfg = load_config(preset=args.config, overrides=args.overrides)
+    section = cfg.prepare
+    for key, flag in (("workers", "workers"), ("cache_size", "cache_size"), ("margin", "margin")):
+        if getattr(args, flag) is not None:
+            section[key] = getattr(args, flag)
+    if args.voi:
+        section.voi = args.voi
+    if args.pectoral:
+        section.pectoral = True
+    settings = PrepareSettings(
+        cache_size=int(section.cache_size),
+        margin=float(section.margin),
+        mask_size=int(section.mask_size),
+        pectoral=bool(section.pectoral),
+        voi=str(section.voi),
+    )
+    return cfg, settings
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from mammodino.preprocess.prepare import load_patients, run_prepare
+
+    cfg, settings = _settings(args)
+    salt = args.salt if args.salt is not None else cfg.data.salt
+    out = Path(args.out)
+    console = Console(stderr=True)
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.no_progress,
+    )
+
+    def progress(total: int):
+        task = bar.add_task("preparing", total=total)
+        return lambda: bar.advance(task)
+
+    with bar:
+        result = run_prepare(
+            args.src,
+            out,
+            settings,
+            workers=int(cfg.prepare.workers),
+            salt=salt,
+            patients=load_patients(args.patients),
+            patient_rule=args.patient_rule,
+            progress=progress,
+        )
+    if salt is not None:
+        cfg.data.salt = "<set, not written>"  # the salt would let anyone re-derive the ids
+    cfg.save(out / "config.yaml")
+    if result.reused:
+        print(f"{result.reused} already prepared by an earlier run (kept)", file=sys.stderr)
+    print(result.summary())
+    return 1 if args.strict and result.skipped else 0

@@ -1,0 +1,70 @@
+"""Pretrain a ViT with MammoDINO (DINOv2 + tissue-aware crops and masks) on CPU or one GPU.
+
+  mammodino pretrain --config tiny-cpu --output-dir RUN data.source=CACHE [key=value ...]
+  mammodino pretrain --output-dir RUN --resume [optim.max_steps=N ...]
+
+Writes RUN/config.yaml (the resolved config), RUN/metrics.jsonl (one JSON object per logged
+step) and RUN/checkpoints/ (step_*.pt, last.pt). --resume continues from RUN/checkpoints/last.pt
+exactly (same data order, RNG and schedules); without --config it reads RUN/config.yaml.
+Plain DINOv2 baseline: crops.sampler=random masking.mode=random dbt.slice_loss_weight=0.
+See docs/pretrain.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "pretrain a ViT with MammoDINO (self-supervised) from a prepared cache or image folder"
+# Keep buffers above 128 KiB mapped instead of returning them to the kernel after each step: the
+# 65536-wide head logits are ~100 MB and were page-faulted in again every step (REFERENCES.md).
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default=None, help="preset name (tiny-cpu, vits14, ...) or YAML path"
+    )
+    parser.add_argument("--output-dir", required=True, type=Path, help="run folder (RUN)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue RUN from its last checkpoint"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _reexec_with_malloc_tunables() -> None:
+    """Restart this command with GLIBC_TUNABLES set (CPU training on glibc Linux only)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    invoked_as_cli = len(sys.argv) > 1 and sys.argv[1] == "pretrain"
+    if "mmap_threshold" in tunables or not sys.platform.startswith("linux") or not invoked_as_cli:
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, MALLOC_TUNABLES])))
+    os.execve(sys.executable, [sys.executable, "-m", "mammodino", *sys.argv[1:]], env)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mammodino.config import load_config
+    from mammodino.errors import ConfigError
+
+    preset = args.config
+    if preset is None:
+        saved = args.output_dir / "config.yaml"
+        if not (args.resume and saved.is_file()):
+            raise ConfigError("give --config (a preset or YAML), or --resume a run that has one")
+        preset = saved
+    cfg = load_config(preset=preset, overrides=args.overrides)
+
+    import torch
+
+    from mammodino.train.loop import resolve_device, train
+
+    device = resolve_device(str(cfg.train.device))
+    if device.type == "cpu" and cfg.train.malloc_tunables:
+        _reexec_with_malloc_tunables()
+    record = train(cfg, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
+    shown = {k: record[k] for k in ("step", "loss", "monitor/knn_acc") if k in record}
+    print(f"pretrain: {args.output_dir} {shown} (torch {torch.__version__}, {device})")
+    return 0

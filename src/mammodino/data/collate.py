@@ -1,0 +1,48 @@
+"""Batching of pretraining samples, crop-major like DINOv2's collate_data_and_cast."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+
+def _crop_major(samples: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
+    """[B, n, ...] per-sample stacks -> [n * B, ...]: all first crops, then all second crops, ..."""
+    stacked = torch.stack([s[key] for s in samples], dim=1)
+    return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def collate_pretrain(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples crop-major; adds the iBOT helpers DINOv2 computes at collate time.
+
+    Beyond docs/ARCHITECTURE.md's keys: `indices` [B] (image index of each sample),
+    `mask_indices_list` (flat indices of masked tokens in `masks`), `masks_weight` (1 / masked
+    tokens of its crop, per masked token: the iBOT loss averages over each crop's masked tissue
+    tokens) and `n_masked_patches` [1].
+    """
+    if not samples:
+        raise ValueError("collate_pretrain needs at least one sample")
+    n_global = samples[0]["global_crops"].shape[0]
+    n_local = samples[0]["local_crops"].shape[0]
+    global_crops = _crop_major(samples, "global_crops")
+    local_crops = _crop_major(samples, "local_crops")
+    masks = _crop_major(samples, "masks")
+    patch_tissue = _crop_major(samples, "global_patch_tissue").flatten(1)
+    mask_indices = masks.flatten().nonzero().flatten()
+    per_crop = 1.0 / masks.sum(-1).clamp(min=1).to(torch.float32)
+    masks_weight = per_crop.unsqueeze(-1).expand_as(masks)[masks]
+    return {
+        "global_crops": global_crops,
+        "local_crops": local_crops,
+        "masks": masks,
+        "global_patch_tissue": patch_tissue,
+        "n_global": n_global,
+        "n_local": n_local,
+        "batch_size": len(samples),
+        "indices": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
+        "mask_indices_list": mask_indices,
+        "masks_weight": masks_weight,
+        "n_masked_patches": torch.tensor([mask_indices.numel()], dtype=torch.long),
+    }

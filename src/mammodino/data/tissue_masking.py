@@ -1,0 +1,144 @@
+"""iBOT block masks drawn over breast tissue only (METHOD.md section 3).
+
+`block_mask` follows DINOv2's `MaskingGenerator` (dinov2/data/masking.py): rectangular blocks of
+random area and log-uniform aspect are added until the target count is reached. With an `allowed`
+grid (tissue patches), each block is anchored on a tissue patch, only tissue patches inside it are
+masked, and the target is a share of the tissue patches: background tokens are never masked.
+Without `allowed` it is DINOv2's algorithm step for step (block top-left uniform over the grid).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mammodino.errors import ConfigError
+
+MASKING_MODES = ("tissue", "random")
+# DINOv2 train.py builds its generator with max_num_patches = 0.5 * N: no block exceeds half the grid.
+MAX_BLOCK_FRACTION = 0.5
+# DINOv2's _mask tries this many blocks before giving up on adding one.
+_BLOCK_ATTEMPTS = 10
+
+
+def block_mask(
+    rng: np.random.Generator,
+    grid_shape: tuple[int, int],
+    num_masking_patches: int,
+    allowed: np.ndarray | None = None,
+    min_block_patches: float = 4,
+    block_aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> np.ndarray:
+    """A bool [h, w] block mask with about num_masking_patches True cells, inside `allowed` only."""
+    height, width = grid_shape
+    n_candidates = height * width if allowed is None else int(allowed.sum())
+    max_block = MAX_BLOCK_FRACTION * n_candidates
+    log_aspect = (math.log(block_aspect[0]), math.log(block_aspect[1]))
+    mask = np.zeros(grid_shape, dtype=bool)
+    anchors = None if allowed is None else np.flatnonzero(allowed)
+    count = 0
+    while count < num_masking_patches:
+        budget = min(num_masking_patches - count, max_block)
+        delta = _add_block(rng, mask, budget, min_block_patches, log_aspect, allowed, anchors)
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
+def _uniform(rng: np.random.Generator, a: float, b: float) -> float:
+    """Python's random.uniform: defined for a > b too (DINOv2 relies on it near the target)."""
+    return a + (b - a) * rng.random()
+
+
+def _add_block(
+    rng: np.random.Generator,
+    mask: np.ndarray,
+    budget: float,
+    min_block_patches: float,
+    log_aspect: tuple[float, float],
+    allowed: np.ndarray | None,
+    anchors: np.ndarray | None,
+) -> int:
+    """Add one block to `mask` in place; the number of newly masked cells (0: none fitted)."""
+    height, width = mask.shape
+    for _ in range(_BLOCK_ATTEMPTS):
+        target_area = _uniform(rng, min_block_patches, budget)
+        aspect = math.exp(_uniform(rng, *log_aspect))
+        h = int(round(math.sqrt(target_area * aspect)))
+        w = int(round(math.sqrt(target_area / aspect)))
+        if not (w < width and h < height):
+            continue
+        if anchors is None:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+        else:
+            # The block covers a random tissue patch at a random place inside the block.
+            row, col = divmod(int(anchors[rng.integers(anchors.size)]), width)
+            top = min(max(row - int(rng.integers(max(h, 1))), 0), height - h)
+            left = min(max(col - int(rng.integers(max(w, 1))), 0), width - w)
+        window = mask[top : top + h, left : left + w]
+        new = ~window if allowed is None else ~window & allowed[top : top + h, left : left + w]
+        delta = int(new.sum())
+        if 0 < delta <= budget:
+            window |= new
+            return delta
+    return 0
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    """The `masking` section of the config."""
+
+    mode: str = "tissue"
+    probability: float = 0.5
+    ratio: tuple[float, float] = (0.1, 0.5)
+    patch_tissue_threshold: float = 0.5
+    min_tissue_patches: int = 4
+    block_min_patches: float = 4
+    block_aspect: tuple[float, float] = (0.3, 1 / 0.3)
+
+    @classmethod
+    def from_cfg(cls, section: Any) -> MaskingConfig:
+        """Read `cfg.masking` (missing keys keep their defaults)."""
+        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
+        for key in ("ratio", "block_aspect"):
+            if key in known:
+                known[key] = tuple(float(v) for v in known[key])
+        config = cls(**known)
+        if config.mode not in MASKING_MODES:
+            raise ConfigError(f"masking.mode must be one of {MASKING_MODES}, got {config.mode!r}")
+        if not 0.0 <= config.probability <= 1.0:
+            raise ConfigError(f"masking.probability must lie in [0, 1], got {config.probability}")
+        return config
+
+
+def sample_crop_mask(
+    rng: np.random.Generator, patch_tissue: np.ndarray, config: MaskingConfig
+) -> np.ndarray:
+    """The iBOT mask (bool, flat [n*n]) of one global crop from its patch tissue fractions.
+
+    With probability `config.probability` the crop is masked at a ratio drawn uniformly from
+    `config.ratio`: of its tissue patches (mode tissue) or of all patches (mode random). A crop with
+    fewer than `min_tissue_patches` tissue patches is not masked in tissue mode.
+    """
+    grid_shape = patch_tissue.shape
+    if rng.random() >= config.probability:
+        return np.zeros(patch_tissue.size, dtype=bool)
+    ratio = rng.uniform(*config.ratio)
+    if config.mode == "random":
+        target = int(patch_tissue.size * ratio)
+        allowed = None
+    else:
+        allowed = patch_tissue >= config.patch_tissue_threshold
+        n_tissue = int(allowed.sum())
+        if n_tissue < config.min_tissue_patches:
+            return np.zeros(patch_tissue.size, dtype=bool)
+        target = int(n_tissue * ratio)
+    mask = block_mask(
+        rng, grid_shape, target, allowed, config.block_min_patches, config.block_aspect
+    )
+    return mask.reshape(-1)

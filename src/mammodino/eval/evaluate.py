@@ -1,0 +1,245 @@
+"""The evaluation run behind `mammodino eval`: join, split, probe, measure, write, print."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mammodino.errors import EvaluationError
+from mammodino.eval.crossval import cross_validate
+from mammodino.eval.features import load_features
+from mammodino.eval.labels_join import encode_task, join_labels, read_labels_csv, resolve_patients
+from mammodino.eval.probes import KNNProbe, LinearProbe, LogRegProbe
+from mammodino.eval.splits import patient_folds
+
+RESULTS_NAME = "results.json"
+PREDICTIONS_NAME = "predictions.csv"
+HEATMAPS_NAME = "heatmaps.npz"
+
+
+@dataclass
+class EvalSettings:
+    """Everything `mammodino eval` can set; written into results.json."""
+
+    task: str | None = None
+    protocols: list[str] = field(default_factory=lambda: ["knn", "logreg"])
+    patient_column: str = "patient_id"
+    folds: int = 5
+    fractions: list[float] = field(default_factory=lambda: [1.0])
+    seed: int = 0
+    representation: str = "cls"
+    join: str = "auto"
+    ordinal: str = "auto"
+    positive: str | None = None
+    n_boot: int = 1000
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    logreg_C: float | None = None
+    linear_epochs: int = 100
+    localization: bool = False
+    lesion_column: str = "lesions"
+    weights: str | None = None
+    manifest: str | None = None
+
+
+def _probe(protocol: str, settings: EvalSettings, features_path: Path, ids: np.ndarray):
+    """The fit_predict callable of one protocol."""
+    if protocol == "knn":
+        return KNNProbe(settings.knn_k, settings.knn_temperature).fit_predict
+    if protocol == "logreg":
+        return LogRegProbe(C=settings.logreg_C).fit_predict
+    if protocol == "linear":
+        return LinearProbe(epochs=settings.linear_epochs).fit_predict
+    if protocol == "finetune":
+        from mammodino.eval.finetune import finetune_protocol
+
+        return finetune_protocol(settings.weights, settings.manifest, ids)
+    raise EvaluationError(f"unknown protocol {protocol!r}")
+
+
+def evaluate(
+    features_path: Path, labels_path: Path, settings: EvalSettings
+) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
+    """Figures, out-of-fold predictions and heat maps of every protocol (same folds for all)."""
+    from rich.progress import Progress
+
+    features = load_features(features_path, with_grid=settings.localization)
+    rows = read_labels_csv(labels_path)
+    joined = join_labels(features, rows, settings.task, settings.join)
+    n_joined = sum(r is not None for r in joined)
+    if n_joined == 0:
+        raise EvaluationError(
+            f"no image of {features_path.name} matches a row of {labels_path.name} "
+            "(check --join and the image/file column)"
+        )
+    patients = np.asarray(resolve_patients(features, joined, settings.patient_column))
+    results: dict = {
+        "features": str(features_path),
+        "labels": str(labels_path),
+        "settings": asdict(settings),
+        "n_images": len(features),
+        "n_images_labelled": n_joined,
+    }
+    predictions: list[dict] = []
+    arrays: dict[str, np.ndarray] = {}
+    with Progress(transient=True) as bar:
+        if settings.task:
+            values = [None if r is None else r.get(settings.task) for r in joined]
+            if all(v is None for v in values):
+                raise EvaluationError(f"labels have no column {settings.task!r}")
+            task = encode_task(values, settings.task, settings.ordinal, settings.positive)
+            groups = patients[task.index]
+            fold = patient_folds(groups, task.y, settings.folds, settings.seed)
+            x = features.vectors(settings.representation)[task.index]
+            results.update(
+                task=settings.task,
+                classes=task.classes,
+                ordinal=task.ordinal,
+                class_counts=np.bincount(task.y, minlength=len(task.classes)).tolist(),
+                n_patients=int(len(np.unique(groups))),
+                folds=settings.folds,
+                protocols={},
+            )
+            steps = len(settings.protocols) * len(settings.fractions) * settings.folds
+            job = bar.add_task(f"eval {settings.task}", total=steps)
+            for protocol in settings.protocols:
+                fit_predict = _probe(protocol, settings, features_path, features.ids[task.index])
+                # Fine-tuning reads images, not features: it gets row positions instead.
+                rows = np.arange(len(task.index), dtype=np.float64)[:, None]
+                figures, oof = cross_validate(
+                    fit_predict,
+                    rows if protocol == "finetune" else x,
+                    task.y,
+                    groups,
+                    fold,
+                    len(task.classes),
+                    ordinal=task.ordinal,
+                    fractions=settings.fractions,
+                    seed=settings.seed,
+                    n_boot=settings.n_boot,
+                    progress=lambda: bar.advance(job),
+                )
+                results["protocols"][protocol] = figures
+                for fraction, proba in oof.items():
+                    for j, i in enumerate(task.index):
+                        predictions.append(
+                            {
+                                "id": features.ids[i],
+                                "patient": groups[j],
+                                "protocol": protocol,
+                                "fraction": f"{fraction:g}",
+                                "fold": int(fold[j]),
+                                "label": task.classes[task.y[j]],
+                                **{
+                                    f"p_{c}": f"{p:.6f}"
+                                    for c, p in zip(task.classes, proba[j], strict=True)
+                                },
+                            }
+                        )
+        if settings.localization:
+            from mammodino.eval.localization import evaluate_localization
+
+            job = bar.add_task("localization", total=settings.folds)
+            results["localization"], arrays = evaluate_localization(
+                features,
+                joined,
+                patients,
+                settings.lesion_column,
+                n_folds=settings.folds,
+                seed=settings.seed,
+                n_boot=settings.n_boot,
+                progress=lambda: bar.advance(job),
+            )
+    return results, predictions, arrays
+
+
+def _clean(value):
+    """JSON without NaN/inf (they become null), numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_results(
+    output: Path,
+    results: dict,
+    predictions: list[dict],
+    arrays: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """Write results.json, predictions.csv and heatmaps.npz; return the results.json path."""
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / RESULTS_NAME
+    path.write_text(json.dumps(_clean(results), indent=2))
+    if predictions:
+        columns = list(dict.fromkeys(k for p in predictions for k in p))
+        with (output / PREDICTIONS_NAME).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(predictions)
+    if arrays:
+        np.savez_compressed(output / HEATMAPS_NAME, **arrays)
+    return path
+
+
+def _fmt(figure: dict | None) -> str:
+    if not figure or figure.get("value") is None or not np.isfinite(figure["value"]):
+        return "-"
+    text = f"{figure['value']:.3f}"
+    if "ci95" in figure:
+        text += f" [{figure['ci95'][0]:.3f}, {figure['ci95'][1]:.3f}]"
+    return text
+
+
+def print_table(results: dict) -> None:
+    """The pooled figures with 95% intervals and the fold means, one row per protocol/fraction."""
+    from rich.console import Console
+    from rich.table import Table
+
+    # A wide console even when piped: the table carries intervals and would wrap badly at 80.
+    console = Console(width=None if Console().is_terminal else 160)
+    if "protocols" in results:
+        keys = [
+            k
+            for k in (
+                "auroc",
+                "auprc",
+                "auroc_ovr",
+                "balanced_accuracy",
+                "macro_f1",
+                "kappa_quadratic",
+            )
+            if any(k in f["pooled"] for p in results["protocols"].values() for f in p.values())
+        ]
+        table = Table(
+            title=f"{results['task']}: {results['n_patients']} patients, "
+            f"{results['folds']}-fold patient-level CV (pooled, 95% CI; fold mean ± sd)"
+        )
+        for name in ("protocol", "labels", *keys):
+            table.add_column(name)
+        for protocol, by_fraction in results["protocols"].items():
+            for fraction, figures in by_fraction.items():
+                cells = []
+                for k in keys:
+                    mean = figures["mean"].get(k)
+                    extra = f"\n{mean['mean']:.3f} ± {mean['std']:.3f}" if mean else ""
+                    cells.append(_fmt(figures["pooled"].get(k)) + extra)
+                table.add_row(protocol, f"{float(fraction):.0%}", *cells)
+        console.print(table)
+    if "localization" in results:
+        loc = results["localization"]
+        table = Table(title=f"lesion localization ({loc['n_images_with_lesions']} images)")
+        table.add_column("hit rate (pointing game, ±1 patch)")
+        table.add_column("patch AUROC")
+        table.add_row(_fmt(loc["hit_rate"]), _fmt(loc["patch_auroc"]))
+        console.print(table)

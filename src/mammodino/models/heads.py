@@ -1,0 +1,106 @@
+"""DINO/iBOT projection head (DINOv2's names) and the small projection head of the slice loss.
+
+The prototype layer is weight-normalised with the gain fixed to 1, as in DINOv2. We write it as an
+explicit module, `NormalizedLinear`, with a trainable `weight_v` and a fixed `weight_g` buffer of
+ones instead of `torch.nn.utils.weight_norm`/`parametrizations.weight_norm`: the state dict holds
+plain tensors under DINOv2's names (`last_layer.weight_g`, `last_layer.weight_v`), it saves and loads
+through safetensors and deep-copies (EMA teacher) without hooks, and the gain cannot drift.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NormalizedLinear(nn.Module):
+    """Bias-free linear layer y = x W^T with rows W_k = g_k * v_k / ||v_k|| (g fixed to 1)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.register_buffer("weight_g", torch.ones(out_dim, 1))
+        # nn.Linear's default initialisation, which DINOv2's weight-normed layer starts from.
+        nn.init.kaiming_uniform_(self.weight_v, a=5**0.5)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective weight [out, in]: each row of `weight_v` scaled to norm `weight_g`."""
+        return self.weight_g * F.normalize(self.weight_v, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T."""
+        return F.linear(x, self.weight.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.weight_v.shape[1]}, out_dim={self.weight_v.shape[0]}"
+
+
+def _mlp(nlayers: int, in_dim: int, hidden_dim: int, out_dim: int) -> nn.Module:
+    """DINOv2's `_build_mlp`: Linear(-GELU-Linear)*; a single Linear when nlayers == 1."""
+    if nlayers == 1:
+        return nn.Linear(in_dim, out_dim)
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+    for _ in range(nlayers - 2):
+        layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def _init_linears(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class DINOHead(nn.Module):
+    """MLP -> L2-normalised bottleneck -> weight-normalised prototypes (logits over out_dim).
+
+    Parameter names follow DINOv2: `mlp.0`, `mlp.2`, `mlp.4` (for 3 layers) and `last_layer`.
+    `config` holds the constructor arguments (saved with exported weights).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+    ) -> None:
+        super().__init__()
+        self.config = {
+            "in_dim": in_dim,
+            "out_dim": out_dim,
+            "hidden_dim": hidden_dim,
+            "bottleneck_dim": bottleneck_dim,
+            "nlayers": nlayers,
+        }
+        self.mlp = _mlp(max(nlayers, 1), in_dim, hidden_dim, bottleneck_dim)
+        _init_linears(self.mlp)
+        self.last_layer = NormalizedLinear(bottleneck_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Prototype logits [..., out_dim] of features [..., in_dim]."""
+        x = self.mlp(x)
+        # fp16 cannot represent 1e-12; DINOv2 uses the same two epsilons.
+        eps = 1e-6 if x.dtype == torch.float16 else 1e-12
+        x = F.normalize(x, dim=-1, p=2, eps=eps)
+        return self.last_layer(x)
+
+
+class ProjectionHead(nn.Module):
+    """Linear-GELU-Linear projection of CLS features for the cross-slice contrastive loss."""
+
+    def __init__(self, in_dim: int, out_dim: int = 256, hidden_dim: int = 2048) -> None:
+        super().__init__()
+        self.config = {"in_dim": in_dim, "out_dim": out_dim, "hidden_dim": hidden_dim}
+        self.mlp = _mlp(2, in_dim, hidden_dim, out_dim)
+        _init_linears(self.mlp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Projected features [..., out_dim] (not normalised: the loss normalises)."""
+        return self.mlp(x)

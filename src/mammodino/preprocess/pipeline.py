@@ -1,0 +1,125 @@
+"""One image to its cached copy: mask, canonical orientation, crop with margin, resize, write.
+
+`plan_cache` decides the geometry from one frame (the central one for DBT); `render_cache`
+applies it to any frame, so all slices of a volume share one crop and stay aligned.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from mammodino.errors import ImageTooSmallError, NoBreastFoundError
+from mammodino.preprocess.geometry import CacheGeometry, crop_box, plan_geometry
+from mammodino.preprocess.mask import (
+    MIN_BREAST_FRACTION,
+    MaskResult,
+    breast_mask,
+    chest_wall_on_left,
+    mask_fraction,
+)
+from mammodino.preprocess.pectoral import pectoral_mask
+
+PNG_COMPRESSION = 1  # fast; level 9 is ~3x slower for ~10% smaller files
+
+
+@dataclass(frozen=True)
+class PrepareSettings:
+    """Knobs of the cache; the defaults suit FFDM and digitised film alike."""
+
+    cache_size: int = 1024  # long side of the cached crop, pixels (never enlarged)
+    margin: float = 0.02  # crop margin, share of the breast bounding box
+    mask_size: int = 512  # long side of the copy the mask is computed on
+    min_side: int = 32  # smaller images cannot hold a breast
+    pectoral: bool = False  # also write a pectoral-muscle mask for MLO views
+    voi: str = "none"  # reader VOI mode: none | window | voi_lut
+
+
+@dataclass
+class CachePlan:
+    """Geometry and the downsampled mask it came from."""
+
+    geometry: CacheGeometry
+    mask: MaskResult
+    mask_fraction: float
+
+
+def plan_cache(path: str | Path, pixels: np.ndarray, settings: PrepareSettings) -> CachePlan:
+    """Mask the breast, decide the flip and the crop; raise when there is no breast."""
+    height, width = pixels.shape
+    if min(height, width) < settings.min_side:
+        raise ImageTooSmallError(
+            path, f"{height} x {width} pixels is too small for a mammogram", "leave it out"
+        )
+    result = breast_mask(pixels, settings.mask_size)
+    fraction = mask_fraction(result.mask)
+    if fraction < MIN_BREAST_FRACTION:
+        raise NoBreastFoundError(
+            path, "no breast found (blank or background-only image)", "check the image"
+        )
+    flipped = not chest_wall_on_left(result.mask)
+    ys, xs = np.nonzero(result.mask)
+    # Downsampled pixel i covers original [i / s, (i + 1) / s).
+    x0, x1 = math.floor(xs.min() / result.scale), math.ceil((xs.max() + 1) / result.scale)
+    y0, y1 = math.floor(ys.min() / result.scale), math.ceil((ys.max() + 1) / result.scale)
+    x0, x1, y0, y1 = max(0, x0), min(width, x1), max(0, y0), min(height, y1)
+    if flipped:
+        x0, x1 = width - x1, width - x0
+    box = crop_box((x0, y0, x1, y1), height, width, settings.margin)
+    geometry = plan_geometry(height, width, flipped, box, settings.cache_size)
+    return CachePlan(geometry, result, fraction)
+
+
+def _original_columns(g: CacheGeometry) -> tuple[int, int]:
+    return (g.width - g.crop_x1, g.width - g.crop_x0) if g.flipped else (g.crop_x0, g.crop_x1)
+
+
+def render_image(pixels: np.ndarray, g: CacheGeometry) -> np.ndarray:
+    """Crop, resize (area average) and flip one frame: uint16 cache image."""
+    c0, c1 = _original_columns(g)
+    crop = np.ascontiguousarray(pixels[g.crop_y0 : g.crop_y1, c0:c1])
+    out = cv2.resize(crop, (g.cache_width, g.cache_height), interpolation=cv2.INTER_AREA)
+    if g.flipped:
+        out = out[:, ::-1]
+    return np.rint(np.clip(out, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+def render_mask(mask: MaskResult, g: CacheGeometry) -> np.ndarray:
+    """The downsampled mask resampled onto the cache grid: uint8 0/255."""
+    c0, _ = _original_columns(g)
+    s = mask.scale
+    # cache (u, v) -> original (x, y) -> mask grid; pixel centres throughout.
+    ax, ay = s / g.scale_x, s / g.scale_y
+    bx = (0.5 / g.scale_x - 0.5 + c0 + 0.5) * s - 0.5
+    by = (0.5 / g.scale_y - 0.5 + g.crop_y0 + 0.5) * s - 0.5
+    matrix = np.array([[ax, 0.0, bx], [0.0, ay, by]], dtype=np.float64)
+    warped = cv2.warpAffine(
+        mask.mask.astype(np.float32),
+        matrix,
+        (g.cache_width, g.cache_height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+    out = np.where(warped >= 0.5, 255, 0).astype(np.uint8)
+    return out[:, ::-1].copy() if g.flipped else out
+
+
+def render_pectoral(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Pectoral-muscle mask (uint8 0/255) of a cached, chest-wall-left MLO image."""
+    muscle = pectoral_mask(image.astype(np.float32) / 65535.0, mask > 0)
+    return np.where(muscle, 255, 0).astype(np.uint8)
+
+
+def write_png_atomic(path: Path, array: np.ndarray) -> None:
+    """Write a PNG through a temporary file and os.replace: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    if not cv2.imwrite(str(tmp), array, [cv2.IMWRITE_PNG_COMPRESSION, PNG_COMPRESSION]):
+        raise OSError(f"could not write {path.name}")
+    os.replace(tmp, path)

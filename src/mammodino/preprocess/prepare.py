@@ -1,0 +1,220 @@
+"""`prepare`: walk SRC, prepare every file in worker processes, write manifest.csv and errors.csv.
+
+Resumable: a source whose row file exists is not redone; outputs are written through temporary
+files and os.replace, so an interrupted run leaves no half-written file, only stale temporaries
+that the next run removes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mammodino.errors import ConfigError
+from mammodino.io.pseudonym import pseudonymous_id
+from mammodino.io.reader import IMAGE_SUFFIXES
+from mammodino.preprocess.cache import (
+    MANIFEST_COLUMNS,
+    SourceTask,
+    error_row,
+    prepare_source,
+    row_file,
+    source_key,
+)
+from mammodino.preprocess.pipeline import PrepareSettings
+
+ERROR_COLUMNS = ["file", "error", "reason", "what_to_do"]
+SETTINGS_FILE = "prepare_settings.json"
+
+
+@dataclass
+class PrepareResult:
+    """What a run did: counts, the skipped files and where the manifest is."""
+
+    prepared: int  # sources in the manifest (new and reused)
+    reused: int  # of those, finished by an earlier run
+    skipped: int
+    images: int  # manifest rows (DBT slices count one each)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    manifest: Path | None = None
+
+    def summary(self) -> str:
+        """The one line the command prints."""
+        return f"{self.prepared} prepared, {self.skipped} skipped (see errors.csv)"
+
+
+def find_sources(src: str | Path) -> list[tuple[str, str]]:
+    """(absolute path, path relative to SRC) of every candidate file, sorted.
+
+    SRC is a folder (walked recursively; hidden entries and non-image suffixes such as .txt or
+    .csv are ignored), a single file, or a CSV whose `path` (else first) column lists files,
+    relative to the CSV's folder.
+    """
+    src = Path(src)
+    if src.is_file() and src.suffix.lower() == ".csv":
+        return _sources_from_csv(src)
+    if src.is_file():
+        return [(str(src.resolve()), src.name)]
+    if not src.is_dir():
+        raise ConfigError(f"SRC {src} is neither a folder, an image nor a CSV list")
+    found = []
+    for root, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            path = Path(root) / name
+            found.append((str(path.resolve()), path.relative_to(src).as_posix()))
+    return found
+
+
+def _sources_from_csv(list_path: Path) -> list[tuple[str, str]]:
+    with open(list_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames:
+            raise ConfigError(f"{list_path}: empty CSV; give a `path` column of image files")
+        column = "path" if "path" in reader.fieldnames else reader.fieldnames[0]
+        entries = [row[column].strip() for row in reader if row.get(column, "").strip()]
+    out = []
+    for entry in entries:
+        path = Path(entry) if Path(entry).is_absolute() else list_path.parent / entry
+        out.append((str(path.resolve()), Path(entry).as_posix()))
+    return out
+
+
+def load_patients(path: str | Path | None) -> dict[str, str]:
+    """source -> patient key from a CSV with columns `source` and `patient` (keys get hashed)."""
+    if path is None:
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"source", "patient"} - set(reader.fieldnames or [])
+        if missing:
+            raise ConfigError(
+                f"{path}: patients CSV needs columns source, patient; missing {sorted(missing)}"
+            )
+        return {row["source"].strip(): row["patient"].strip() for row in reader}
+
+
+def _check_settings(out: Path, settings: PrepareSettings, salt: str | None) -> None:
+    """Refuse to mix caches made with different settings or salts in one OUT."""
+    record = {**asdict(settings), "salt_check": pseudonymous_id("salt-check", salt)}
+    path = out / SETTINGS_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != record:
+            changed = sorted(k for k in record if previous.get(k) != record[k])
+            raise ConfigError(
+                f"{out} was prepared with other settings ({', '.join(changed)}); use a new OUT"
+            )
+        return
+    path.write_text(json.dumps(record, indent=1))
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    for sub in ("images", "masks", "pectoral", "rows"):
+        folder = out / sub
+        if folder.is_dir():
+            for stale in folder.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
+
+
+def _finished(task: SourceTask) -> bool:
+    return row_file(task.out, source_key(task.source, task.salt)).exists()
+
+
+def _run_task(task: SourceTask) -> tuple[str, list[dict[str, Any]] | None, dict[str, str] | None]:
+    """Worker entry: rows on success, one error row on failure; never raises."""
+    try:
+        return task.source, prepare_source(task), None
+    except Exception as err:  # any failure of one file must not stop the run
+        return task.source, None, error_row(task.source, err)
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would oversubscribe
+
+
+def _execute(
+    tasks: list[SourceTask], workers: int, advance: Callable[[], None]
+) -> Iterable[tuple[str, list[dict[str, Any]] | None, dict[str, str] | None]]:
+    if workers <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield _run_task(task)
+            advance()
+        return
+    # spawn: the parent may hold threads (progress display) that fork would copy mid-state.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        for future in as_completed(futures):
+            yield future.result()
+            advance()
+
+
+def _write_csv_atomic(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def run_prepare(
+    src: str | Path,
+    out: str | Path,
+    settings: PrepareSettings | None = None,
+    *,
+    workers: int = 2,
+    salt: str | None = None,
+    patients: dict[str, str] | None = None,
+    patient_rule: str = "auto",
+    progress: Callable[[int], Callable[[], None]] | None = None,
+) -> PrepareResult:
+    """Prepare every file of SRC into OUT; `progress(total)` returns a per-file callback."""
+    settings = settings or PrepareSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, settings, salt)
+    _remove_stale_temporaries(out)
+    patients = patients or {}
+    tasks = [
+        SourceTask(path, source, str(out), settings, salt, patients.get(source, ""), patient_rule)
+        for path, source in find_sources(src)
+    ]
+    todo = [t for t in tasks if not _finished(t)]
+    advance = progress(len(todo)) if progress else (lambda: None)
+    errors = []
+    for _, _, error in _execute(todo, workers, advance):
+        if error is not None:
+            errors.append(error)
+    rows, prepared = [], 0
+    for task in tasks:  # manifest in SRC order, only for sources that are still listed
+        path = row_file(out, source_key(task.source, task.salt))
+        if path.exists():
+            rows.extend(json.loads(path.read_text()))
+            prepared += 1
+    manifest = out / "manifest.csv"
+    _write_csv_atomic(manifest, MANIFEST_COLUMNS, rows)
+    errors.sort(key=lambda e: e["file"])
+    _write_csv_atomic(out / "errors.csv", ERROR_COLUMNS, errors)
+    return PrepareResult(
+        prepared=prepared,
+        reused=len(tasks) - len(todo),
+        skipped=len(errors),
+        images=len(rows),
+        errors=errors,
+        manifest=manifest,
+    )

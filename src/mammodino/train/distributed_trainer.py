@@ -1,0 +1,146 @@
+"""The pretraining loop under torchrun: `Trainer` plus DDP or FSDP2, rank-aware data and checkpoints.
+
+What changes against one process (and nothing else does):
+- the student is wrapped in place (composable DDP `replicate`, or FSDP2 `fully_shard` per block;
+  the teacher is sharded the same way under FSDP2), parameter names stay the same;
+- the global batch (and the lr scaling and data position) counts every rank's micro-batches;
+  rank r reads global positions r, r + W, r + 2W, ... of the same deterministic sample order;
+- logged losses are means over ranks; only rank 0 writes metrics and checkpoints;
+- checkpoints hold whole tensors and torch's own optimiser format, gathered on rank 0, so a run
+  saved with N ranks resumes with any number of ranks, including one plain `Trainer`;
+- `distributed.koleo=gathered` computes KoLeo over the global batch instead of each rank's.
+Centering and Sinkhorn-Knopp all-reduce their statistics by themselves (losses/centering.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mammodino.data.collate import collate_pretrain
+from mammodino.data.sampler import ResumableSampler
+from mammodino.errors import ConfigError
+from mammodino.train import distributed as D
+from mammodino.train.loop import PRECISIONS, StepResult, Trainer
+from mammodino.train.param_groups import build_optimizer, build_param_groups
+from mammodino.train.schedules import build_schedules
+
+KOLEO_MODES = ("per_rank", "gathered")
+
+
+class _NoMetrics:
+    """Metrics sink of ranks other than 0 (rank 0 writes the means over ranks)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Drop the record."""
+
+
+class DistributedTrainer(Trainer):
+    """`Trainer` on every rank of a torchrun job (gloo on CPU, nccl on CUDA)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        output_dir: str | Path,
+        resume: bool = False,
+        dataset: torch.utils.data.Dataset | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.ctx = D.init_distributed(str(cfg["train"]["device"]))
+        dist_cfg = cfg["distributed"]
+        if dist_cfg["koleo"] not in KOLEO_MODES:
+            raise ConfigError(f"distributed.koleo {dist_cfg['koleo']!r} not in {KOLEO_MODES}")
+        show = show_progress and self.ctx.is_main
+        super().__init__(cfg, output_dir, resume, dataset, show)
+        optim = cfg["optim"]
+        self.global_batch *= self.ctx.world_size
+        self.schedules = build_schedules(cfg, self.global_batch)
+        self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
+        optim_state = self._optimizer_state_by_name() if resume else None
+        strategy = str(dist_cfg["strategy"])
+        # The ViT checkpoints its own blocks (model flag set from distributed.activation_checkpointing).
+        options = {"strategy": strategy, "param_dtype": PRECISIONS[cfg["train"]["precision"]]}
+        D.parallelize_all(self.model.student, self.ctx, **options)
+        D.parallelize_all(self.model.teacher, self.ctx, trainable=False, **options)
+        if strategy == "fsdp" and self.ctx.enabled:
+            # fully_shard replaced the parameters by sharded ones: a new optimiser over those.
+            groups = build_param_groups(self.model.student, optim, self.model.depth)
+            self.optimizer = build_optimizer(groups, optim)
+            if optim_state is not None:
+                D.load_full_state_dicts(self.model.student, self.optimizer, None, optim_state)
+        if dist_cfg["koleo"] == "gathered" and self.ctx.enabled:
+            self.model.koleo_loss = D.GatherInputs(self.model.koleo_loss)
+        if not self.ctx.is_main:
+            self.metrics = _NoMetrics()
+        D.barrier()  # rank 0 may write metrics only after every rank opened the run folder
+
+    def _optimizer_state_by_name(self) -> dict[str, Any]:
+        names = {id(p): n for n, p in self.model.student.named_parameters()}
+        groups = [[names[id(p)] for p in g["params"]] for g in self.optimizer.param_groups]
+        return D.optimizer_state_by_name(self.optimizer.state_dict(), groups)
+
+    def train_step(
+        self, micro_batches: list[dict[str, Any]], values: dict[str, float]
+    ) -> StepResult:
+        """The one-process step (DDP/FSDP2 reduce the gradients); losses averaged over ranks."""
+        result = super().train_step(micro_batches, values)
+        result.losses = D.reduce_metrics(result.losses, self.device)
+        return result
+
+    def save(self) -> Path:
+        """Rank 0 writes the checkpoint of the whole model; every rank takes part in gathering it."""
+        student, optim_named = D.full_state_dicts(self.model.student, self.optimizer)
+        teacher, _ = D.full_state_dicts(self.model.teacher)
+        path = self.ckpt.folder / f"step_{self.step:08d}.pt"
+        if self.ctx.is_main:
+            # The payload is the parent's, read through whole-tensor views of the sharded state.
+            self.model.student.state_dict = lambda: student
+            self.model.teacher.state_dict = lambda: teacher
+            self.optimizer.state_dict = lambda: D.optimizer_state_by_index(optim_named)
+            try:
+                path = super().save()
+            finally:
+                del self.model.student.state_dict, self.model.teacher.state_dict
+                del self.optimizer.state_dict
+        D.barrier()
+        return path
+
+    def _batches(self):
+        """This rank's share of the endless, deterministic sample order."""
+        data, seed = self.cfg["data"], int(self.cfg["train"]["seed"])
+        sampler = ResumableSampler(
+            len(self.dataset), seed, self.position, self.ctx.rank, self.ctx.world_size
+        )
+        workers = int(data["num_workers"])
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=int(data["batch_size"]),
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_pretrain,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return iter(loader)
+
+    def run(self) -> dict[str, Any]:
+        """Train (see Trainer.run), then leave the process group."""
+        try:
+            return super().run()
+        finally:
+            D.cleanup_distributed()
+
+
+def train(cfg: Any, output_dir: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run or resume pretraining: distributed under torchrun (WORLD_SIZE > 1), else one process."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return DistributedTrainer(cfg, output_dir, resume=resume, **kwargs).run()
+    from mammodino.train.loop import train as train_one_process
+
+    return train_one_process(cfg, output_dir, resume=resume, **kwargs)

@@ -1,0 +1,366 @@
+"""The pretraining loop: schedules -> accumulated forward/backward -> clip -> AdamW -> EMA teacher.
+
+Gradient accumulation (`optim.accumulate_steps` = A): one optimiser step sums the gradients of A
+micro-batches of `data.batch_size` images, each loss divided by A. What stays per micro-batch:
+teacher centering / Sinkhorn-Knopp (normalised over that micro-batch's crops and masked tokens;
+EMA centering is updated once per micro-batch), KoLeo (nearest neighbours among that
+micro-batch's images) and the iBOT per-image weights. The lr scales with the global batch
+(micro-batch x A x ranks). Schedules, EMA and clipping run once per optimiser step.
+
+Non-finite losses: the step is skipped (no optimiser or EMA update, the data is consumed), the
+terms and the parameters with non-finite gradients are logged; `train.max_nonfinite_steps` in a
+row keep a checkpoint and stop with NonFiniteLossError. With fp16 the GradScaler skips steps
+whose gradients overflow by itself (that is how it finds its scale), so only losses count there.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from mammodino.data.collate import collate_pretrain
+from mammodino.data.sampler import ResumableSampler
+from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mammodino.train.checkpoint import (
+    CheckpointManager,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+)
+from mammodino.train.ema import ema_update
+from mammodino.train.meta_arch import LOSS_KEYS, MammoDINO
+from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
+from mammodino.train.monitor import KNNMonitor
+from mammodino.train.param_groups import apply_schedules, build_optimizer, build_param_groups
+from mammodino.train.schedules import build_schedules
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Keys that may change when resuming: they stop, log or load, but do not change the trajectory.
+RESUMABLE_CHANGES = (
+    "optim.max_steps",
+    "optim.max_minutes",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.device",
+    "train.malloc_tunables",
+    "data.num_workers",
+    "data.cache_mb",
+    "monitor.",
+)
+
+
+@dataclass
+class StepResult:
+    """Loss terms of one optimiser step (mean over micro-batches) and what went wrong, if anything."""
+
+    losses: dict[str, float]
+    grad_norm: float = float("nan")
+    skipped: bool = False
+    bad_terms: list[str] = field(default_factory=list)
+    bad_params: list[str] = field(default_factory=list)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_keys(saved: dict, current: dict) -> list[str]:
+    """Config keys whose values differ, except those allowed to change on resume."""
+    old, new = _flatten(saved), _flatten(current)
+    return sorted(
+        k
+        for k in old.keys() | new.keys()
+        if old.get(k) != new.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def nonfinite_grad_names(module: torch.nn.Module) -> list[str]:
+    """Names of parameters whose gradient holds NaN or inf."""
+    return [
+        name
+        for name, p in module.named_parameters()
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    ]
+
+
+class Trainer:
+    """One pretraining run in `output_dir`: config.yaml, metrics.jsonl and checkpoints/."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        output_dir: str | Path,
+        resume: bool = False,
+        dataset: torch.utils.data.Dataset | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.cfg, self.out, self.show_progress = cfg, Path(output_dir), show_progress
+        train, optim = cfg["train"], cfg["optim"]
+        if train["precision"] not in PRECISIONS:
+            raise ConfigError(f"train.precision {train['precision']!r} not in {list(PRECISIONS)}")
+        self.device = resolve_device(str(train["device"]))
+        seed_everything(int(train["seed"]), bool(train["deterministic"]))
+        self.model = MammoDINO(cfg).to(self.device)
+        self.optimizer = build_optimizer(
+            build_param_groups(self.model.student, optim, self.model.depth), optim
+        )
+        self.dtype = PRECISIONS[train["precision"]]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.accumulate = int(optim["accumulate_steps"])
+        self.global_batch = int(cfg["data"]["batch_size"]) * self.accumulate
+        self.schedules = build_schedules(cfg, self.global_batch)
+        self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
+        self.ckpt = CheckpointManager(self.out / "checkpoints", int(train["keep_checkpoints"]))
+        self.dataset = dataset if dataset is not None else _build_dataset(cfg)
+        self.step, self.position, self.nonfinite_in_a_row = 0, 0, 0
+        if resume:
+            self._load(load_checkpoint(self.ckpt.last_path))
+        elif self.ckpt.last_path.exists():
+            raise CheckpointError(
+                f"{self.out} already holds checkpoints: pass --resume or use another --output-dir"
+            )
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg.save(self.out / "config.yaml")
+        self.metrics = MetricsLog(self.out / "metrics.jsonl", self.step if resume else None)
+        self.monitor = KNNMonitor.from_config(cfg)
+
+    def run(self) -> dict[str, Any]:
+        """Train until the schedule ends, `optim.max_steps` or `optim.max_minutes`; returns the last
+        logged record."""
+        max_seconds = 60.0 * float(self.cfg["optim"]["max_minutes"] or math.inf)
+        log_every, ckpt_every = (
+            int(self.cfg["train"][k]) for k in ("log_every", "checkpoint_every")
+        )
+        batches, started, window, record = self._batches(), time.monotonic(), [], {}
+        if self.monitor is not None and self.step == 0:
+            self.metrics.write(record := {"step": 0, **self._probe()})
+        with ProgressDisplay(self.stop_step, self.step, self.show_progress) as bar:
+            while self.step < self.stop_step:
+                tick = time.monotonic()
+                values = self.schedules.at(self.step)
+                apply_schedules(self.optimizer, values)
+                result = self.train_step([next(batches) for _ in range(self.accumulate)], values)
+                self.step, self.position = self.step + 1, self.position + self.global_batch
+                window.append((result, time.monotonic() - tick))
+                self._check_finite(result, bar)
+                timed_out = time.monotonic() - started > max_seconds
+                last = self.step == self.stop_step or timed_out
+                extra = self._probe() if self._probe_due(last) else {}
+                if (log_every and self.step % log_every == 0) or last or extra:
+                    record = self._log(values, window, extra)
+                    bar.update(self.step, record.get("loss"), record.get("samples_per_s"))
+                    window = []
+                if ckpt_every and self.step % ckpt_every == 0 and not last:
+                    self.save()
+                if timed_out:
+                    break
+        self.save()
+        return record
+
+    def train_step(
+        self, micro_batches: list[dict[str, Any]], values: dict[str, float]
+    ) -> StepResult:
+        """One optimiser step over accumulated micro-batches, then the teacher EMA update."""
+        student, n = self.model.student, len(micro_batches)
+        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        for batch in micro_batches:
+            batch = {
+                k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+            with self._autocast():
+                losses = self.model(batch, values["teacher_temp"])
+            self.scaler.scale(losses["loss"] / n).backward()
+            for key in sums:
+                sums[key] += float(losses[key].detach()) / n
+        bad_terms = [k for k, v in sums.items() if not math.isfinite(v) and k != "loss"]
+        grad_norm = float("nan")
+        if not bad_terms:
+            self.scaler.unscale_(self.optimizer)
+            clip = float(self.cfg["optim"]["clip_grad"])
+            # DINOv2 clips the backbone and each head separately.
+            norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), clip) for m in student.values()]
+            grad_norm = float(torch.stack(norms).norm())
+            if not math.isfinite(grad_norm) and self.dtype != torch.float16:
+                bad_terms = ["gradients"]
+        if bad_terms:
+            result = StepResult(sums, grad_norm, True, bad_terms, nonfinite_grad_names(student))
+            self.optimizer.zero_grad(set_to_none=True)
+            return result
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(student, self.model.teacher, values["momentum"])
+        return StepResult(sums, grad_norm)
+
+    def save(self) -> Path:
+        """A consolidated checkpoint of the current step (see checkpoint.py for its contents)."""
+        epoch, index = divmod(self.position, len(self.dataset))
+        return self.ckpt.save(
+            {
+                "step": self.step,
+                "student": self.model.student.state_dict(),
+                "teacher": self.model.teacher.state_dict(),
+                "losses": {
+                    "dino_centering": self.model.dino_centering.state_dict(),
+                    "ibot_centering": self.model.ibot_centering.state_dict(),
+                },
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "data": {
+                    "position": self.position,
+                    "epoch": epoch,
+                    "index": index,
+                    "n_images": len(self.dataset),
+                },
+                "rng": capture_rng_state(),
+                "arch": self.model.student["backbone"].arch_dict(),
+                "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+            }
+        )
+
+    def _load(self, payload: dict[str, Any]) -> None:
+        changed = changed_keys(yaml.safe_load(payload["config"]), self.cfg.to_dict())
+        if changed:
+            raise ConfigError(
+                f"resume with a different config would not continue exactly: {changed}"
+            )
+        if payload["data"]["n_images"] != len(self.dataset):
+            raise CheckpointError(
+                f"checkpoint saw {payload['data']['n_images']} images, data.source now holds "
+                f"{len(self.dataset)}: the data order cannot continue; start a new run"
+            )
+        self.model.student.load_state_dict(payload["student"])
+        self.model.teacher.load_state_dict(payload["teacher"])
+        self.model.dino_centering.load_state_dict(payload["losses"]["dino_centering"])
+        self.model.ibot_centering.load_state_dict(payload["losses"]["ibot_centering"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scaler.load_state_dict(payload["scaler"])
+        self.step, self.position = int(payload["step"]), int(payload["data"]["position"])
+        restore_rng_state(payload["rng"])
+
+    def _batches(self):
+        """Endless micro-batches from the data position (deterministic, resumable order)."""
+        data = self.cfg["data"]
+        sampler = ResumableSampler(len(self.dataset), int(self.cfg["train"]["seed"]), self.position)
+        workers = int(data["num_workers"])
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=int(data["batch_size"]),
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_pretrain,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            # Own generator: creating the loader must not draw from the global torch RNG, or a
+            # resumed run would diverge from a straight one.
+            generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
+        )
+        return iter(loader)
+
+    def _autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _probe_due(self, last: bool) -> bool:
+        every = int(self.cfg["monitor"]["every"])
+        return self.monitor is not None and (self.step % every == 0 or last)
+
+    def _probe(self) -> dict[str, float]:
+        return self.monitor.evaluate(self.model.teacher["backbone"], self.device, self._autocast)
+
+    def _check_finite(self, result: StepResult, bar: ProgressDisplay) -> None:
+        if not result.skipped:
+            self.nonfinite_in_a_row = 0
+            return
+        self.nonfinite_in_a_row += 1
+        params = result.bad_params
+        self.metrics.write(
+            {
+                "step": self.step,
+                "skipped": True,
+                "nonfinite_terms": result.bad_terms,
+                "nonfinite_params": params[:20],
+                "nonfinite_param_count": len(params),
+            }
+        )
+        shown = ", ".join(params[:5]) + (f" (+{len(params) - 5} more)" if len(params) > 5 else "")
+        bar.warn(
+            f"step {self.step}: non-finite {', '.join(result.bad_terms)}; step skipped; "
+            f"non-finite gradients in: {shown or 'none'}"
+        )
+        limit = int(self.cfg["train"]["max_nonfinite_steps"])
+        if self.nonfinite_in_a_row >= limit:
+            path = self.save()
+            raise NonFiniteLossError(
+                f"{limit} steps in a row had non-finite {', '.join(result.bad_terms)}; weights of the "
+                f"last good step kept in {path}; lower optim.base_lr or use train.precision=fp32/bf16"
+            )
+
+    def _log(
+        self, values: dict[str, float], window: list, extra: dict[str, float]
+    ) -> dict[str, Any]:
+        good = [r for r, _ in window if not r.skipped]
+        record: dict[str, Any] = {"step": self.step}
+        if good:
+            record.update({k: float(np.mean([r.losses[k] for r in good])) for k in LOSS_KEYS})
+            record["grad_norm"] = float(np.mean([r.grad_norm for r in good]))
+        seconds = sum(s for _, s in window)
+        record.update(
+            lr=values["lr"],
+            wd=values["wd"],
+            momentum=values["momentum"],
+            teacher_temp=values["teacher_temp"],
+            epoch=self.position // len(self.dataset),
+            samples_per_s=self.global_batch * len(window) / seconds if seconds else 0.0,
+            **extra,
+        )
+        self.metrics.write(record)
+        return record
+
+
+def _build_dataset(cfg: Any):
+    from mammodino.data.dataset import build_pretrain_dataset
+
+    return build_pretrain_dataset(cfg)
+
+
+def train(cfg: Any, output_dir: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Run (or resume) a pretraining run; returns the last logged metrics record."""
+    return Trainer(cfg, output_dir, resume=resume, **kwargs).run()

@@ -1,0 +1,160 @@
+"""The MammoDINO meta-architecture: student and EMA teacher (ViT + DINO head [+ iBOT head]) and
+the three named steps of a training iteration, as DINOv3 splits them:
+
+1. `get_teacher_output`: the teacher sees the unmasked global crops; its CLS logits and the
+   logits of the tokens the student will see masked become target probabilities (centering or
+   Sinkhorn-Knopp at the current teacher temperature).
+2. `get_student_output`: the student sees masked global crops and the local crops.
+3. `compute_losses`: DINO (CLS, cross-view), iBOT (masked tissue tokens), KoLeo (student CLS of
+   each global crop), weighted into `loss`.
+
+Everything in a micro-batch stays in that micro-batch: centering/Sinkhorn normalise over its
+crops and tokens, KoLeo looks for neighbours among its images. Gradient accumulation therefore
+sums the gradients of micro-batch losses; it is not the loss of one big batch.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
+from mammodino.models.heads import DINOHead
+from mammodino.models.vit import build_vit
+
+LOSS_KEYS = ("loss", "loss/dino", "loss/ibot", "loss/koleo")
+
+
+def build_backbone(cfg: Any) -> nn.Module:
+    """The student ViT of `cfg.model` at the global crop size."""
+    model = cfg["model"]
+    return build_vit(
+        model["arch"],
+        img_size=int(cfg["crops"]["global_size"]),
+        patch_size=int(model["patch_size"]),
+        in_chans=int(model["in_chans"]),
+        num_register_tokens=int(model["num_register_tokens"]),
+        layerscale_init=model["layerscale_init"],
+        drop_path_rate=float(model["drop_path_rate"]),
+        activation_checkpointing=bool(cfg["distributed"]["activation_checkpointing"]),
+    )
+
+
+class MammoDINO(nn.Module):
+    """Student, teacher, their heads, the losses and the centering state of one run."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        heads, dino = cfg["heads"], cfg["dino"]
+        backbone = build_backbone(cfg)
+        head_args = {
+            "hidden_dim": int(heads["dino_hidden_dim"]),
+            "bottleneck_dim": int(heads["dino_bottleneck_dim"]),
+            "nlayers": int(heads["dino_nlayers"]),
+        }
+        student = {
+            "backbone": backbone,
+            "dino_head": DINOHead(backbone.embed_dim, int(heads["dino_out_dim"]), **head_args),
+        }
+        self.separate_ibot_head = bool(heads["ibot_separate_head"])
+        ibot_dim = int(heads["ibot_out_dim"] if self.separate_ibot_head else heads["dino_out_dim"])
+        if self.separate_ibot_head:
+            student["ibot_head"] = DINOHead(backbone.embed_dim, ibot_dim, **head_args)
+        self.student = nn.ModuleDict(student)
+        # The teacher starts as an exact copy; it never gets gradients, only EMA updates, and
+        # stays in eval mode (no drop path).
+        self.teacher = copy.deepcopy(self.student)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+        self.weights = {
+            "dino": float(dino["loss_weight"]),
+            "ibot": float(cfg["ibot"]["loss_weight"]),
+            "koleo": float(dino["koleo_loss_weight"]),
+        }
+        centering = (str(dino["centering"]), float(dino["center_momentum"]))
+        iterations = int(dino["sinkhorn_iterations"])
+        self.dino_centering = build_centering(
+            centering[0], int(heads["dino_out_dim"]), centering[1], iterations
+        )
+        self.ibot_centering = build_centering(centering[0], ibot_dim, centering[1], iterations)
+        self.dino_loss = DINOLoss(float(dino["student_temp"]))
+        self.ibot_loss = IBOTPatchLoss(float(dino["student_temp"]))
+        self.koleo_loss = KoLeoLoss()
+
+    @property
+    def depth(self) -> int:
+        """Number of transformer blocks (for layer-wise lr decay)."""
+        return len(self.student["backbone"].blocks)
+
+    def train(self, mode: bool = True) -> MammoDINO:
+        """Train mode for the student only; the teacher always runs in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @staticmethod
+    def _heads(parts: nn.ModuleDict, cls: torch.Tensor, masked: torch.Tensor, separate: bool):
+        """(CLS logits, masked-token logits); one head call on both when the head is shared."""
+        if separate:
+            return parts["dino_head"](cls), parts["ibot_head"](masked)
+        logits = parts["dino_head"](torch.cat([cls, masked]))
+        return logits[: cls.shape[0]], logits[cls.shape[0] :]
+
+    @torch.no_grad()
+    def get_teacher_output(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, Any]:
+        """Teacher target probabilities of the global crops' CLS and of the masked tokens."""
+        out = self.teacher["backbone"].forward_features(batch["global_crops"])
+        masked = out["x_norm_patchtokens"][batch["masks"]]
+        cls_logits, patch_logits = self._heads(
+            self.teacher, out["x_norm_clstoken"], masked, self.separate_ibot_head
+        )
+        dino_probs = self.dino_centering.teacher_probs(cls_logits, teacher_temp)
+        self.dino_centering.update(cls_logits)
+        ibot_probs = self.ibot_centering.teacher_probs(patch_logits, teacher_temp)
+        self.ibot_centering.update(patch_logits)
+        return {"dino_probs": dino_probs, "ibot_probs": ibot_probs}
+
+    def get_student_output(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Student CLS features and logits of masked global crops and local crops."""
+        backbone, masks = self.student["backbone"], batch["masks"]
+        has_local = batch["local_crops"].numel() > 0
+        crops = (
+            [batch["global_crops"], batch["local_crops"]] if has_local else [batch["global_crops"]]
+        )
+        outs = backbone.forward_features(crops, [masks, None] if has_local else [masks])
+        global_cls = outs[0]["x_norm_clstoken"]
+        cls = torch.cat([global_cls, outs[1]["x_norm_clstoken"]]) if has_local else global_cls
+        masked = outs[0]["x_norm_patchtokens"][masks]
+        cls_logits, patch_logits = self._heads(self.student, cls, masked, self.separate_ibot_head)
+        n_global_rows = global_cls.shape[0]
+        return {
+            "global_cls": global_cls,
+            "global_logits": cls_logits[:n_global_rows],
+            "local_logits": cls_logits[n_global_rows:] if has_local else None,
+            "masked_logits": patch_logits,
+        }
+
+    def compute_losses(
+        self, student: dict[str, Any], teacher: dict[str, Any], batch: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """`loss` = sum of weight * term; each term (unweighted) under `loss/<name>`."""
+        n_global = int(batch["n_global"])
+        dino = self.dino_loss(
+            student["global_logits"], teacher["dino_probs"], n_global, student["local_logits"]
+        )
+        ibot = self.ibot_loss(student["masked_logits"], teacher["ibot_probs"], batch["masks"])
+        # DINOv2: KoLeo within each global crop's batch, summed over the global crops.
+        koleo = sum(self.koleo_loss(c) for c in student["global_cls"].chunk(n_global))
+        terms = {"dino": dino, "ibot": ibot, "koleo": koleo}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return {"loss": total, **{f"loss/{name}": value for name, value in terms.items()}}
+
+    def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
+        """The losses of one micro-batch (teacher output, student output, loss computation)."""
+        teacher = self.get_teacher_output(batch, teacher_temp)
+        student = self.get_student_output(batch)
+        return self.compute_losses(student, teacher, batch)

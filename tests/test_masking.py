@@ -1,0 +1,150 @@
+"""Tissue-aware iBOT block masks: background never masked, ratio of tissue tokens, DINOv2 parity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mammodino.data.tissue_masking import MaskingConfig, block_mask, sample_crop_mask
+from mammodino.errors import ConfigError
+
+
+def tissue_grid(n: int = 16, tissue_cols: int = 6, seed: int | None = None) -> np.ndarray:
+    """Patch tissue fractions: left columns tissue (1.0), a 0.4 border column, the rest 0."""
+    grid = np.zeros((n, n), dtype=np.float32)
+    grid[:, :tissue_cols] = 1.0
+    grid[:, tissue_cols] = 0.4
+    if seed is not None:
+        grid *= np.random.default_rng(seed).random((n, n)) < 0.9  # holes inside the breast
+    return grid
+
+
+class DINOv2MaskingGenerator:
+    """DINOv2's MaskingGenerator (dinov2/data/masking.py), its `random` calls mapped onto numpy."""
+
+    def __init__(
+        self, input_size, num_masking_patches=None, min_num_patches=4, max_num_patches=None
+    ):
+        self.height, self.width = input_size
+        self.min_num_patches = min_num_patches
+        self.max_num_patches = num_masking_patches if max_num_patches is None else max_num_patches
+        self.log_aspect_ratio = (math.log(0.3), math.log(1 / 0.3))
+
+    def _mask(self, mask, max_mask_patches, rng):
+        delta = 0
+        for _ in range(10):
+            target_area = (
+                self.min_num_patches + (max_mask_patches - self.min_num_patches) * rng.random()
+            )
+            lo, hi = self.log_aspect_ratio
+            aspect_ratio = math.exp(lo + (hi - lo) * rng.random())
+            h = int(round(math.sqrt(target_area * aspect_ratio)))
+            w = int(round(math.sqrt(target_area / aspect_ratio)))
+            if w < self.width and h < self.height:
+                top = int(rng.integers(0, self.height - h + 1))
+                left = int(rng.integers(0, self.width - w + 1))
+                num_masked = mask[top : top + h, left : left + w].sum()
+                if 0 < h * w - num_masked <= max_mask_patches:
+                    for i in range(top, top + h):
+                        for j in range(left, left + w):
+                            if mask[i, j] == 0:
+                                mask[i, j] = 1
+                                delta += 1
+                if delta > 0:
+                    break
+        return delta
+
+    def __call__(self, num_masking_patches, rng):
+        mask = np.zeros((self.height, self.width), dtype=bool)
+        mask_count = 0
+        while mask_count < num_masking_patches:
+            max_mask_patches = min(num_masking_patches - mask_count, self.max_num_patches)
+            delta = self._mask(mask, max_mask_patches, rng)
+            if delta == 0:
+                break
+            mask_count += delta
+        return mask
+
+
+def test_random_mode_is_dinov2_block_masking():
+    reference = DINOv2MaskingGenerator((16, 16), max_num_patches=0.5 * 256)
+    for seed in range(50):
+        target = [0, 10, 51, 128][seed % 4]
+        ours = block_mask(np.random.default_rng(seed), (16, 16), target)
+        theirs = reference(target, np.random.default_rng(seed))
+        np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tissue_masks_never_touch_background(seed):
+    config = MaskingConfig(probability=1.0, ratio=(0.1, 0.5))
+    grid = tissue_grid(seed=seed)
+    rng = np.random.default_rng(seed)
+    background = (grid < config.patch_tissue_threshold).reshape(-1)
+    masked_background = 0
+    for _ in range(200):
+        mask = sample_crop_mask(rng, grid, config)
+        masked_background += int((mask & background).sum())
+        assert mask.any()
+    assert masked_background == 0
+
+
+def test_mask_ratio_is_relative_to_tissue_tokens():
+    grid = tissue_grid(tissue_cols=8)  # 128 tissue patches of 256
+    config = MaskingConfig(probability=1.0, ratio=(0.3, 0.3))
+    rng = np.random.default_rng(0)
+    counts = np.array([sample_crop_mask(rng, grid, config).sum() for _ in range(300)])
+    target = int(0.3 * 128)
+    assert counts.max() <= target
+    assert counts.mean() >= 0.95 * target
+    random_config = MaskingConfig(mode="random", probability=1.0, ratio=(0.3, 0.3))
+    counts_random = [sample_crop_mask(rng, grid, random_config).sum() for _ in range(300)]
+    assert np.mean(counts_random) >= 0.95 * int(0.3 * 256)
+
+
+def test_random_mode_masks_background_too():
+    grid = tissue_grid()
+    config = MaskingConfig(mode="random", probability=1.0, ratio=(0.5, 0.5))
+    rng = np.random.default_rng(1)
+    background = (grid < 0.5).reshape(-1)
+    assert sum(int((sample_crop_mask(rng, grid, config) & background).sum()) for _ in range(20)) > 0
+
+
+def test_too_little_tissue_gives_no_mask():
+    grid = np.zeros((8, 8), dtype=np.float32)
+    grid[0, :3] = 1.0  # 3 tissue patches < min_tissue_patches 4
+    config = MaskingConfig(probability=1.0, min_tissue_patches=4)
+    rng = np.random.default_rng(2)
+    assert not any(sample_crop_mask(rng, grid, config).any() for _ in range(50))
+
+
+def test_masking_probability_by_sampling():
+    grid = tissue_grid()
+    for p in (0.0, 0.5, 0.8, 1.0):
+        config = MaskingConfig(probability=p, ratio=(0.2, 0.4))
+        rng = np.random.default_rng(3)
+        n = 2000
+        masked = sum(bool(sample_crop_mask(rng, grid, config).any()) for _ in range(n))
+        assert abs(masked / n - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-12
+
+
+def test_ratio_drawn_uniformly_over_its_range():
+    grid = np.ones((16, 16), dtype=np.float32)
+    config = MaskingConfig(probability=1.0, ratio=(0.1, 0.5))
+    rng = np.random.default_rng(4)
+    shares = np.array([sample_crop_mask(rng, grid, config).mean() for _ in range(1000)])
+    assert shares.min() >= 0.08 and shares.max() <= 0.5
+    assert shares.mean() == pytest.approx(0.3, abs=0.02)
+
+
+def test_masking_config_from_cfg_validates():
+    config = MaskingConfig.from_cfg(
+        {"mode": "random", "ratio": [0.2, 0.3], "block_aspect": [0.5, 2]}
+    )
+    assert config.ratio == (0.2, 0.3) and config.block_aspect == (0.5, 2.0)
+    with pytest.raises(ConfigError, match="masking.mode"):
+        MaskingConfig.from_cfg({"mode": "everywhere"})
+    with pytest.raises(ConfigError, match="masking.probability"):
+        MaskingConfig.from_cfg({"probability": 1.5})

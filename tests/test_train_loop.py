@@ -1,0 +1,215 @@
+"""The pretraining loop on a tiny synthetic cache: metrics, checkpoints, exact resume (issue 4,
+acceptance 3), NaN skip and stop-after-3, kNN monitor."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mammodino.config import load_config
+from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mammodino.train.checkpoint import list_checkpoints, load_checkpoint
+from mammodino.train.loop import Trainer, train
+
+TINY = [
+    "model.arch=vit_tiny",
+    "model.patch_size=8",
+    "model.num_register_tokens=1",
+    "model.drop_path_rate=0.1",
+    "crops.global_size=32",
+    "crops.local_size=16",
+    "crops.n_local=2",
+    "masking.probability=1.0",
+    "masking.min_tissue_patches=2",
+    "heads.dino_out_dim=64",
+    "heads.ibot_out_dim=64",
+    "heads.dino_hidden_dim=32",
+    "heads.dino_bottleneck_dim=16",
+    "data.batch_size=3",
+    "data.num_workers=0",
+    "optim.epochs=4",
+    "optim.steps_per_epoch=3",
+    "optim.warmup_epochs=1",
+    "optim.base_lr=0.05",
+    "teacher.warmup_temp_epochs=1",
+    "train.log_every=1",
+    "train.checkpoint_every=100",
+    "train.deterministic=true",
+]
+
+
+def write_cache(folder: Path, count: int = 8) -> Path:
+    """A prepared cache: uint16 images, 0/255 masks, manifest.csv (with a `source` column)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rows = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        h, w = 48 + 4 * (i % 3), 40
+        r, c = np.mgrid[:h, :w]
+        mask = ((r - h / 2) ** 2 + c**2) < (0.45 * h) ** 2
+        level = 15000 if i % 2 else 40000  # two "density" classes the monitor can tell apart
+        image = np.where(mask, level + rng.integers(0, 8000, (h, w)), 300).astype(np.uint16)
+        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"im{i}.png"), (mask * 255).astype(np.uint8))
+        rows.append(
+            {"id": f"id{i}", "source": f"mdb{i + 1:03d}.png", "image": f"images/im{i}.png",
+             "mask": f"masks/im{i}.png"}
+        )  # fmt: skip
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with (folder / "labels.csv").open("w", newline="") as handle:
+        handle.write("file,tissue_FGD\n")
+        handle.writelines(f"mdb{i + 1:03d}.png,{'FD'[i % 2]}\n" for i in range(count))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("cache"))
+
+
+def tiny_cfg(cache: Path, *overrides: str):
+    return load_config(overrides=[f"data.source={cache}", *TINY, *overrides])
+
+
+def read_metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run: Path) -> dict:
+    return load_checkpoint(run / "checkpoints")
+
+
+def test_run_writes_config_metrics_and_checkpoints(cache, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(cache, "optim.max_steps=3", "train.checkpoint_every=2"), run, show_progress=False)
+    assert load_config(defaults=run / "config.yaml").optim.max_steps == 3
+    records = read_metrics(run)
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("loss", "loss/dino", "loss/ibot", "loss/koleo", "lr", "wd", "momentum",
+                "teacher_temp", "samples_per_s"):  # fmt: skip
+        assert all(np.isfinite(r[key]) for r in records), key
+    assert records[0]["lr"] == 0.0  # warm-up starts at 0
+    assert records[1]["teacher_temp"] > records[0]["teacher_temp"]
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]
+    payload = weights(run)
+    assert payload["step"] == 3
+    assert payload["data"] == {"position": 9, "epoch": 1, "index": 1, "n_images": 8}
+    assert {"student", "teacher", "optimizer", "rng", "config", "losses"} <= set(payload)
+    assert any(k.startswith("dino_head.last_layer") for k in payload["teacher"])
+    with pytest.raises(CheckpointError, match="--resume"):
+        Trainer(tiny_cfg(cache), run, show_progress=False)
+
+
+def test_six_steps_equal_three_plus_resume_plus_three(cache, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train(tiny_cfg(cache, "optim.max_steps=6"), straight, show_progress=False)
+    train(tiny_cfg(cache, "optim.max_steps=3"), resumed, show_progress=False)
+    train(tiny_cfg(cache, "optim.max_steps=6"), resumed, resume=True, show_progress=False)
+    a, b = weights(straight), weights(resumed)
+    assert a["step"] == b["step"] == 6
+    assert a["data"] == b["data"]
+    for part in ("student", "teacher"):
+        assert a[part].keys() == b[part].keys()
+        for name in a[part]:
+            assert torch.equal(a[part][name], b[part][name]), f"{part}.{name}"
+    # the resumed metrics continue the same curve: identical losses at every step
+    losses = [[r["loss"] for r in read_metrics(run)] for run in (straight, resumed)]
+    assert losses[0] == losses[1]
+
+
+def test_resume_refuses_a_changed_recipe(cache, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(cache, "optim.max_steps=1"), run, show_progress=False)
+    with pytest.raises(ConfigError, match="optim.base_lr"):
+        Trainer(tiny_cfg(cache, "optim.base_lr=0.1"), run, resume=True, show_progress=False)
+
+
+def _inject_nan(monkeypatch, bad_steps: set[int], term: str = "loss/ibot"):
+    """Make `term` NaN at the given optimiser steps (0-based)."""
+    original = Trainer.train_step
+
+    def train_step(self, micro_batches, values):
+        if self.step in bad_steps:
+            forward = self.model.forward
+
+            def nan_forward(batch, temp):
+                losses = forward(batch, temp)
+                losses[term] = losses[term] * float("nan")
+                losses["loss"] = losses["loss"] + losses[term]
+                return losses
+
+            self.model.forward = nan_forward
+            try:
+                return original(self, micro_batches, values)
+            finally:
+                del self.model.forward
+        return original(self, micro_batches, values)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def test_a_nan_step_is_skipped_and_reported(cache, tmp_path, monkeypatch):
+    _inject_nan(monkeypatch, {1})
+    trainer = Trainer(tiny_cfg(cache, "optim.max_steps=3"), tmp_path / "run", show_progress=False)
+    seen = {}
+    original_step = trainer.optimizer.step
+
+    def counting_step(*args, **kwargs):
+        seen[trainer.step] = True
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = counting_step
+    trainer.run()
+    assert sorted(seen) == [0, 2]  # no optimiser update at the NaN step
+    skipped = [r for r in read_metrics(tmp_path / "run") if r.get("skipped")]
+    assert len(skipped) == 1 and skipped[0]["step"] == 2
+    assert skipped[0]["nonfinite_terms"] == ["loss/ibot"]
+    assert skipped[0]["nonfinite_param_count"] > 0
+    assert any(n.startswith("backbone.blocks.") for n in skipped[0]["nonfinite_params"])
+    assert weights(tmp_path / "run")["step"] == 3
+
+
+def test_three_nan_steps_in_a_row_stop_with_a_kept_checkpoint(cache, tmp_path, monkeypatch):
+    _inject_nan(monkeypatch, {2, 3, 4}, term="loss/dino")
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row.*loss/dino"):
+        train(tiny_cfg(cache, "optim.max_steps=8"), run, show_progress=False)
+    kept = weights(run)
+    assert kept["step"] == 5
+    before = load_checkpoint(run / "checkpoints" / "step_00000005.pt")
+    assert [r["step"] for r in read_metrics(run) if r.get("skipped")] == [3, 4, 5]
+    # the kept weights are those of the last good step: train 2 clean steps and compare
+    clean = tmp_path / "clean"
+    train(tiny_cfg(cache, "optim.max_steps=2"), clean, show_progress=False)
+    for name, value in weights(clean)["student"].items():
+        assert torch.equal(before["student"][name], value), name
+
+
+def test_gradient_accumulation_and_monitor(cache, tmp_path):
+    run = tmp_path / "run"
+    overrides = [
+        "optim.max_steps=2",
+        "optim.accumulate_steps=2",
+        "data.batch_size=2",
+        "monitor.every=2",
+        f"monitor.source={cache}",
+        f"monitor.labels={cache / 'labels.csv'}",
+        "monitor.label_column=tissue_FGD",
+        "monitor.image_size=32",
+        "monitor.k=3",
+    ]
+    train(tiny_cfg(cache, *overrides), run, show_progress=False)
+    records = read_metrics(run)
+    assert records[0] == {"step": 0, "monitor/knn_acc": records[0]["monitor/knn_acc"]}
+    assert 0.0 <= records[-1]["monitor/knn_acc"] <= 1.0
+    assert weights(run)["data"]["position"] == 8  # 2 steps x 2 micro-batches x 2 images
