@@ -33,7 +33,12 @@ from mammodino.config import load_config
 from mammodino.data.augment import augment_intensity, draw_vflip, vflip
 from mammodino.data.dataset import PretrainDataset, build_pretrain_dataset, read_pixels
 from mammodino.data.sampler import ResumableSampler, split_key
-from mammodino.data.tissue_crops import random_resized_crop_box, resize_crop, sample_crop_box
+from mammodino.data.tissue_crops import (
+    SAMPLERS,
+    random_resized_crop_box,
+    resize_crop,
+    sample_crop_box,
+)
 from mammodino.data.tissue_masking import block_mask
 from mammodino.data.transform import PretrainTransform, sample_rngs
 
@@ -126,28 +131,33 @@ def throughput(cfg: Any, samples: int, runs: int) -> None:
 
 
 def acceptance(cfg: Any, draws_per_image: int, epochs: int) -> None:
-    """Share of global crops reaching tau per sampler; masked background patches."""
+    """Share of global and local crops reaching their tau per sampler; masked background patches."""
     cfg["data"]["cache_mb"] = 4096
     dataset = build_pretrain_dataset(cfg)
     c = dataset.transform.crops
+    kinds = {
+        "global": (c.global_scale, c.global_min_tissue),
+        "local": (c.local_scale, c.local_min_tissue),
+    }
     rng = np.random.default_rng(0)
-    fractions: dict[str, list[float]] = {"tissue": [], "random": []}
+    fractions = {(kind, sampler): [] for kind in kinds for sampler in SAMPLERS}
     for index in range(len(dataset)):
         _, _, tissue = dataset.load(index)
-        for sampler in fractions:
+        for (kind, sampler), values in fractions.items():
+            scale, tau = kinds[kind]
             for _ in range(draws_per_image):
                 _, fraction = sample_crop_box(
-                    rng, tissue, c.global_scale, c.ratio, c.global_min_tissue,
-                    c.max_tries, c.dense_weight, sampler,
-                )  # fmt: skip
-                fractions[sampler].append(fraction)
-    tau = c.global_min_tissue
-    for sampler, values in fractions.items():
+                    rng, tissue, scale, c.ratio, tau, c.max_tries, c.dense_weight, sampler
+                )
+                values.append(fraction)
+    for (kind, sampler), values in fractions.items():
+        tau = kinds[kind][1]
         values_array = np.array(values)
         print(
-            f"global crops reaching tau={tau}: {sampler:6s} sampler "
-            f"{100 * np.mean(values_array >= tau):.2f}% of {values_array.size} "
-            f"(mean tissue fraction {values_array.mean():.3f})"
+            f"{kind} crops reaching tau={tau}: {sampler:6s} sampler "
+            f"{100 * np.mean(values_array >= tau):6.2f}% of {values_array.size} "
+            f"(mean tissue fraction {values_array.mean():.3f}; "
+            f">= 0.9: {100 * np.mean(values_array >= 0.9):.1f}%)"
         )
     threshold = dataset.transform.masking.patch_tissue_threshold
     masked = masked_background = masked_zero = masked_crops = tissue_tokens = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -222,10 +224,9 @@ def test_own_safetensors_round_trip_with_heads(tmp_path):
 
 def test_training_checkpoint_prefixes_chunks_and_pth(tmp_path):
     ours = _tiny()
+    # DINOv2 FSDP training checkpoints: blocks.<chunk>.<global index>.*, under teacher.backbone.
     chunked = {
-        f"teacher.backbone.{k.replace('blocks.1.', 'blocks.0.1.').replace('blocks.0.', 'blocks.0.0.')}"
-        if k.startswith("blocks.")
-        else f"teacher.backbone.{k}": v
+        "teacher.backbone." + re.sub(r"^blocks\.(\d+)\.", r"blocks.\1.\1.", k): v
         for k, v in ours.state_dict().items()
     }
     torch.save({"teacher": chunked}, tmp_path / "teacher_checkpoint.pth")
@@ -235,3 +236,58 @@ def test_training_checkpoint_prefixes_chunks_and_pth(tmp_path):
     torch.save({"x": object()}, tmp_path / "pickled.pth")
     with pytest.raises(CheckpointError, match="not a tensor-only checkpoint"):
         read_state_dict(tmp_path / "pickled.pth")
+
+
+def _fake_run(tmp_path):
+    """A run folder with one checkpoint in the training loop's format (student/teacher/arch)."""
+    from mammodino.train.checkpoint import CheckpointManager
+
+    backbone = _tiny(num_register_tokens=4)
+    parts = torch.nn.ModuleDict(
+        {
+            "backbone": backbone,
+            "dino_head": DINOHead(48, 32, 16, 8),
+            "slice_head": ProjectionHead(48, 8, 16),
+        }
+    )
+    payload = {
+        "step": 5,
+        "student": parts.state_dict(),
+        "teacher": parts.state_dict(),
+        "arch": backbone.arch_dict(),
+        "config": "",
+    }
+    CheckpointManager(tmp_path / "run" / "checkpoints").save(payload)
+    return tmp_path / "run", parts
+
+
+@pytest.mark.parametrize("fmt", ["hf", "timm", "safetensors"])
+def test_export_command_writes_each_format(tmp_path, fmt):
+    from mammodino.cli import main
+
+    run, parts = _fake_run(tmp_path)
+    out = tmp_path / fmt
+    assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
+    x = torch.rand(1, 1, 56, 56)
+    expected = parts["backbone"](x)
+    if fmt == "safetensors":
+        backbone, heads = load_exported(out)
+        assert set(heads) == {"dino_head", "slice_head"}
+        feats = torch.randn(2, 48)
+        torch.testing.assert_close(heads["dino_head"](feats), parts["dino_head"](feats))
+    else:
+        layout = {"hf": "hf", "timm": "timm"}[fmt]
+        backbone = vit_from_weights(
+            out if fmt == "hf" else out / "model.safetensors", layout, num_heads=3
+        )
+    torch.testing.assert_close(backbone.eval()(x), expected, atol=1e-5, rtol=0)
+
+
+def test_export_command_reports_missing_run(tmp_path, capsys):
+    from mammodino.cli import main
+
+    assert (
+        main(["export", str(tmp_path / "none"), "--format", "hf", "--output", str(tmp_path / "o")])
+        == 1
+    )
+    assert "no checkpoint" in capsys.readouterr().err

@@ -39,6 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--k", type=int, default=20, help="kNN neighbours")
     parser.add_argument("--temperature", type=float, default=0.07, help="kNN vote temperature")
+    parser.add_argument(
+        "--knn-standardize", action="store_true", help="z-score features before kNN (hand-crafted)"
+    )
     parser.add_argument("--C", default="auto", help="logreg C, or 'auto' (inner patient CV)")
     parser.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
     parser.add_argument(
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         n_boot=args.bootstrap,
         knn_k=args.k,
         knn_temperature=args.temperature,
+        knn_standardise=args.knn_standardize,
         logreg_C=C,
         linear_epochs=args.epochs,
         localization=args.localization,

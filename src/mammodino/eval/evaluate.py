@@ -39,6 +39,7 @@ class EvalSettings:
     n_boot: int = 1000
     knn_k: int = 20
     knn_temperature: float = 0.07
+    knn_standardise: bool = False
     logreg_C: float | None = None
     linear_epochs: int = 100
     localization: bool = False
@@ -50,7 +51,9 @@ class EvalSettings:
 def _probe(protocol: str, settings: EvalSettings, features_path: Path, ids: np.ndarray):
     """The fit_predict callable of one protocol."""
     if protocol == "knn":
-        return KNNProbe(settings.knn_k, settings.knn_temperature).fit_predict
+        return KNNProbe(
+            settings.knn_k, settings.knn_temperature, settings.knn_standardise
+        ).fit_predict
     if protocol == "logreg":
         return LogRegProbe(C=settings.logreg_C).fit_predict
     if protocol == "linear":

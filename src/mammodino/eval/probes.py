@@ -28,11 +28,14 @@ class KNNProbe:
     """DINO's weighted k-nearest-neighbour vote on cosine similarity.
 
     p(c | x) is proportional to sum over the k nearest training images of class c of
-    exp(cos(x, x_i) / temperature) (Wu et al. 2018; Caron et al. 2021).
+    exp(cos(x, x_i) / temperature) (Wu et al. 2018; Caron et al. 2021). `standardise` z-scores
+    each feature on the training images first: needed for hand-crafted features, whose scales
+    differ by orders of magnitude, not for network embeddings.
     """
 
     k: int = 20
     temperature: float = 0.07
+    standardise: bool = False
 
     def fit_predict(self, x_train, y_train, x_test, n_classes, groups_train=None, seed=0):
         """Class probabilities of the test images from their training neighbours."""
@@ -40,6 +43,8 @@ class KNNProbe:
             raise EvaluationError(
                 f"kNN needs k >= 1 and temperature > 0; got {self.k}, {self.temperature}"
             )
+        if self.standardise:
+            x_train, x_test = _standardise(x_train, x_test)
         a = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
         b = x_test / np.maximum(np.linalg.norm(x_test, axis=1, keepdims=True), 1e-12)
         sim = b @ a.T

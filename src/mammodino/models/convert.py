@@ -26,8 +26,9 @@ from mammodino.models.vit import (
 )
 
 LAYOUTS = ("auto", "dinov2", "hf", "timm")
-# Wrappers that training code and other libraries put in front of backbone keys.
-_PREFIXES = ("module.", "teacher.backbone.", "student.backbone.", "backbone.", "dinov2.", "model.")
+# Prefixes of backbone keys in training checkpoints and wrapping models, teacher first; keys
+# without the prefix (heads, classifiers) are left out.
+_PREFIXES = ("teacher.backbone.", "backbone.", "student.backbone.", "dinov2.", "model.")
 # Our keys a public file may lack: DINOv2 initialises the mask token to zeros, timm drops it.
 _OPTIONAL = {"mask_token"}
 _MAX_NAMED = 8
@@ -96,10 +97,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def _strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone's tensors without wrapper prefixes (the teacher's when a file has both)."""
     out = dict(state_dict)
+    if out and all(k.startswith("module.") for k in out):
+        out = {k[len("module.") :]: v for k, v in out.items()}
     for prefix in _PREFIXES:
-        if out and all(k.startswith(prefix) for k in out):
-            out = {k[len(prefix) :]: v for k, v in out.items()}
+        picked = {k[len(prefix) :]: v for k, v in out.items() if k.startswith(prefix)}
+        if picked:
+            return picked
     return out
 
 

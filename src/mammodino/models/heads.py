@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mammodino.errors import CheckpointError
+
 
 class NormalizedLinear(nn.Module):
     """Bias-free linear layer y = x W^T with rows W_k = g_k * v_k / ||v_k|| (g fixed to 1)."""
@@ -104,3 +106,27 @@ class ProjectionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Projected features [..., out_dim] (not normalised: the loss normalises)."""
         return self.mlp(x)
+
+
+def dino_head_from_state_dict(state_dict: dict[str, torch.Tensor]) -> DINOHead:
+    """A DINOHead shaped like `state_dict` (DINOv2 names), with those weights loaded."""
+    if "mlp.weight" in state_dict:
+        first = last = state_dict["mlp.weight"]
+        nlayers = 1
+    else:
+        linears = sorted(
+            int(k.split(".")[1])
+            for k in state_dict
+            if k.startswith("mlp.") and k.endswith("weight")
+        )
+        first, last = (
+            state_dict[f"mlp.{linears[0]}.weight"],
+            state_dict[f"mlp.{linears[-1]}.weight"],
+        )
+        nlayers = len(linears)
+    out_dim, bottleneck = state_dict["last_layer.weight_v"].shape
+    head = DINOHead(first.shape[1], out_dim, first.shape[0], bottleneck, nlayers)
+    if last.shape[0] != bottleneck:
+        raise CheckpointError("head weights: the MLP output does not match the prototype layer")
+    head.load_state_dict(state_dict)
+    return head

@@ -30,7 +30,7 @@ class DbtSettings:
 
     arc_deg: float = 15.0  # total sweep: -7.5 to +7.5 degrees
     n_views: int = 15
-    low_gain: float = 0.2  # reconstruction filter gain at zero frequency (1 = plain SAA)
+    low_gain: float = 0.2  # filter gain at zero frequency relative to detail (1 = plain SAA)
     cutoff_per_mm: float = 0.15  # frequency (cycles/mm) above which the filter passes fully
 
 
@@ -95,12 +95,13 @@ def _shift_phases(n_rows: int, shifts_px: np.ndarray) -> np.ndarray:
 
 
 def _reconstruction_filter(n_rows: int, spacing_mm: float, settings: DbtSettings) -> np.ndarray:
-    """Gain per rfft frequency along the sweep: large-scale (mostly out-of-plane) content is
-    damped to `low_gain` below about `cutoff_per_mm`, a Hann window rolls off noise."""
+    """Gain per rfft frequency along the sweep: 1 at zero frequency, 1/`low_gain` above about
+    `cutoff_per_mm` (detail, which limited-angle data localise in depth, is lifted over the
+    large-scale content that shows in every slice), rolled off by a Hann window against noise."""
     f = fft.rfftfreq(n_rows, spacing_mm)
     nyquist = 0.5 / spacing_mm
     high_pass = settings.low_gain + (1.0 - settings.low_gain) * (1.0 - np.exp(-((f / settings.cutoff_per_mm) ** 2)))
-    return (high_pass * 0.5 * (1.0 + np.cos(np.pi * f / nyquist))).astype(np.float32)
+    return (high_pass / settings.low_gain * 0.5 * (1.0 + np.cos(np.pi * f / nyquist))).astype(np.float32)
 
 
 def simulate_dbt(

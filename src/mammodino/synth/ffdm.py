@@ -23,7 +23,7 @@ from mammodino.synth.lesions import lesion_path_lengths
 from mammodino.synth.phantom import MU_FAT, MU_GLAND, MU_MUSCLE, MU_SKIN, BreastCase, glandular_volume
 
 FIELD_MM = (204.8, 160.0)  # detector field (rows, cols); 1024 x 800 pixels of 0.2 mm
-COARSE_MM = 0.8  # lateral voxel of the glandular volume
+COARSE_MM = 0.4  # lateral voxel of the glandular volume
 COARSE_SLICES = 16
 PHOTONS_PER_MM2 = 6.0e5  # unattenuated fluence reaching the detector (sets quantum noise)
 MU_T_WHITE = 5.4  # mu*t shown at 1.0 (about 65 mm of glandular tissue)

@@ -1,0 +1,76 @@
+"""Frozen features of every image: CLS, mean of patch tokens, optionally the patch grid.
+
+Examples:
+  mammodino embed --weights runs/tiny --input /tmp/mias-cache --output feats/tiny
+  mammodino embed --weights random:vit_tiny/16 --input /tmp/mias-cache --output feats/random
+
+--weights takes a run folder (its teacher backbone), a checkpoint file, an export of ours, a
+public DINOv2/RAD-DINO/timm file, or random:ARCH/PATCH. --input takes a prepared cache (folder or
+its manifest.csv) or a folder of images (prepared in memory). The output FEATS folder holds
+features.npz and meta.csv (see docs/evaluation.md); a rerun resumes from finished chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "frozen backbone features per image (CLS, patch mean, patch grid)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--weights", required=True, help="run folder, checkpoint, export, random:ARCH/P"
+    )
+    parser.add_argument("--input", required=True, help="prepared cache (or manifest.csv) or folder")
+    parser.add_argument("--output", required=True, help="FEATS folder to write")
+    parser.add_argument("--image-size", type=int, help="input side in pixels (default: trained)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--patch-grid", action="store_true", help="also save the patch grid")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--salt", help="salt of ids for a folder input")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from mammodino.errors import MammodinoError
+    from mammodino.eval.embed import load_backbone
+    from mammodino.eval.embed_run import (
+        embed_rows,
+        folder_rows,
+        load_cache_image,
+        read_manifest_rows,
+        set_inference_threads,
+    )
+
+    set_inference_threads()
+    source = Path(args.input)
+    manifest = source if source.suffix == ".csv" else source / "manifest.csv"
+    if manifest.is_file():
+        cache = manifest.parent
+        rows = read_manifest_rows(manifest)
+
+        def image_at(i: int):
+            return load_cache_image(cache, rows[i])
+    elif source.is_dir():
+        rows, images = folder_rows(source, args.salt)
+        image_at = images.__getitem__
+    else:
+        raise MammodinoError(f"{source}: neither a prepared cache nor a folder of images")
+    backbone = load_backbone(args.weights, args.image_size, args.device)
+    with Progress(disable=args.no_progress) as bar:
+        task = bar.add_task("embed", total=len(rows))
+        path = embed_rows(
+            backbone,
+            rows,
+            image_at,
+            Path(args.output),
+            batch_size=args.batch_size,
+            patch_grid=args.patch_grid,
+            progress=lambda n: bar.advance(task, n),
+        )
+    print(f"{len(rows)} images embedded at {backbone.image_size} px -> {path}")
+    return 0

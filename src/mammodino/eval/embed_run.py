@@ -1,0 +1,148 @@
+"""`mammodino embed`: features of every image of a cache (or folder), batched and resumable.
+
+Work is done in chunks; each finished chunk is written atomically under FEATS/parts/, so an
+interrupted run resumes at the first missing chunk and the result is identical to a clean run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mammodino.errors import MammodinoError, MammoReadError
+from mammodino.eval.embed import Backbone
+from mammodino.eval.features import save_features
+
+PARTS = "parts"
+
+
+def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
+    """Rows of a prepared cache's manifest.csv."""
+    with manifest.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_cache_image(cache: Path, row: dict[str, str]) -> np.ndarray:
+    """A cached uint16 PNG as float32 in [0, 1]."""
+    path = cache / row["image"]
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise MammoReadError(path, "cached image missing or unreadable", "rerun prepare")
+    return image.astype(np.float32) / 65535.0
+
+
+def folder_rows(folder: Path, salt: str | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    """Prepare a folder of images in memory (no cache written): rows and cache images."""
+    from mammodino.io.reader import read_image
+    from mammodino.preprocess.cache import source_key
+    from mammodino.preprocess.pipeline import PrepareSettings, plan_cache, render_image
+    from mammodino.preprocess.prepare import find_sources
+
+    settings = PrepareSettings()
+    rows, images = [], []
+    for path, source in find_sources(folder):
+        try:
+            image = read_image(path)
+            plan = plan_cache(path, image.pixels, settings)
+        except MammoReadError as err:
+            print(f"skipped: {err}")
+            continue
+        g = plan.geometry
+        rows.append(
+            {
+                "id": source_key(source, salt),
+                "source": source,
+                "patient_id": "",
+                "laterality": image.meta.laterality,
+                "view": image.meta.view,
+                **{k: str(v) for k, v in g.as_row().items()},
+                "cache_height": str(g.cache_height),
+                "cache_width": str(g.cache_width),
+            }
+        )
+        images.append(render_image(image.pixels, g).astype(np.float32) / 65535.0)
+    return rows, images
+
+
+def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(n, start + size)
+
+
+def _chunk_tag(backbone: Backbone, ids: list[str], grid: bool) -> str:
+    """Chunk files are named by what they hold, so a changed input never reuses a stale part."""
+    key = f"{backbone.source}|{backbone.image_size}|{grid}|{','.join(ids)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def embed_rows(
+    backbone: Backbone,
+    rows: list[dict[str, str]],
+    image_at,
+    output: Path,
+    *,
+    batch_size: int = 16,
+    chunk_size: int = 256,
+    patch_grid: bool = False,
+    progress=None,
+) -> Path:
+    """Embed `rows` (images from `image_at(i)`) into FEATS `output`; resumes from finished parts."""
+    parts = output / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    files = []
+    for start, stop in _chunks(len(rows), chunk_size):
+        ids = [rows[i]["id"] for i in range(start, stop)]
+        part = parts / f"part_{start:07d}_{_chunk_tag(backbone, ids, patch_grid)}.npz"
+        files.append(part)
+        if part.is_file():
+            if progress:
+                progress(stop - start)
+            continue
+        cls, mean, grid = [], [], []
+        for b0, b1 in _chunks(stop - start, batch_size):
+            images = [image_at(start + i) for i in range(b0, b1)]
+            out = backbone.extract_features(images)
+            cls.append(out["cls"].float().cpu().numpy())
+            mean.append(out["patch_mean"].float().cpu().numpy())
+            if patch_grid:
+                grid.append(out["patch_tokens"].cpu().numpy().astype(np.float16))
+            if progress:
+                progress(b1 - b0)
+        arrays = {"cls": np.concatenate(cls), "patch_mean": np.concatenate(mean)}
+        if patch_grid:
+            arrays["patch_grid"] = np.concatenate(grid)
+        tmp = part.with_name(part.stem + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(part)
+    loaded = [np.load(f) for f in files]
+    side = {
+        r["id"]: max(int(r.get("cache_height") or 0), int(r.get("cache_width") or 0)) for r in rows
+    }
+    meta = [
+        {**r, "grid_x0": 0, "grid_y0": 0, "grid_x1": side[r["id"]], "grid_y1": side[r["id"]]}
+        for r in rows
+    ]
+    if not rows:
+        raise MammodinoError("no image to embed (empty manifest or folder)")
+    return save_features(
+        output,
+        ids=[r["id"] for r in rows],
+        cls=np.concatenate([p["cls"] for p in loaded]),
+        patch_mean=np.concatenate([p["patch_mean"] for p in loaded]),
+        meta=meta,
+        patch_grid=np.concatenate([p["patch_grid"] for p in loaded]) if patch_grid else None,
+    )
+
+
+def set_inference_threads() -> None:
+    """Use every core for inference unless the user capped threads."""
+    import os
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(os.cpu_count() or 1)

@@ -1,0 +1,89 @@
+import csv
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import mammodino
+from mammodino.cli import main
+from mammodino.eval.embed import load_backbone, square_canvas
+from mammodino.eval.features import load_features
+
+
+def _tiny_cache(folder, n=5, shape=(48, 30)):
+    (folder / "images").mkdir(parents=True)
+    rows = []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = (rng.random(shape) * 65535).astype(np.uint16)
+        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
+        rows.append(
+            {
+                "id": f"id{i}",
+                "source": f"s{i}.png",
+                "image": f"images/im{i}.png",
+                "patient_id": f"p{i // 2}",
+                "laterality": "L",
+                "view": "CC",
+                "cache_height": shape[0],
+                "cache_width": shape[1],
+            }
+        )
+    with (folder / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_square_canvas_pads_right_and_bottom():
+    image = np.ones((4, 2), np.float32)
+    canvas = square_canvas(image)
+    assert canvas.shape == (4, 4)
+    assert canvas[:, :2].sum() == 8 and canvas[:, 2:].sum() == 0
+
+
+def test_extract_features_shapes_and_package_entry():
+    backbone = mammodino.load_backbone("random:vit_tiny/16", image_size=32)
+    out = backbone.extract_features([np.zeros((40, 20), np.float32), np.ones((20, 20))])
+    assert out["cls"].shape == (2, 192)
+    assert out["patch_tokens"].shape == (2, 2, 2, 192)
+    torch.testing.assert_close(out["patch_mean"], out["patch_tokens"].mean(dim=(1, 2)))
+
+
+def test_random_backbone_is_reproducible():
+    a = load_backbone("random:vit_tiny/16", image_size=32).model.state_dict()
+    b = load_backbone("random:vit_tiny/16", image_size=32).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_embed_command_resumes_to_identical_features(tmp_path):
+    _tiny_cache(tmp_path / "cache")
+    args = [
+        "embed",
+        "--weights",
+        "random:vit_tiny/16",
+        "--image-size",
+        "32",
+        "--input",
+        str(tmp_path / "cache"),
+        "--batch-size",
+        "2",
+        "--patch-grid",
+        "--no-progress",
+    ]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    first = load_features(tmp_path / "a")
+    assert first.cls.shape == (5, 192) and first.patch_grid.shape == (5, 2, 2, 192)
+    assert [m["patient_id"] for m in first.meta] == ["p0", "p0", "p1", "p1", "p2"]
+    assert first.meta[0]["grid_x1"] == "48"  # the grid covers the padded square of the cache
+    # A rerun reuses the finished parts and gives the same file content.
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    np.testing.assert_array_equal(load_features(tmp_path / "a").cls, first.cls)
+
+
+def test_unknown_weights_give_clear_error(tmp_path):
+    from mammodino.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a run folder"):
+        load_backbone(tmp_path / "nothing")
