@@ -12,7 +12,7 @@ from mammodino.cli import main
 from mammodino.errors import EvaluationError
 from mammodino.eval.features import Features, load_features, save_features
 from mammodino.eval.labels_join import encode_task, join_labels, resolve_patients
-from mammodino.eval.probes import KNNProbe, LinearProbe, LogRegProbe, build_probe
+from mammodino.eval.probes import KNNProbe, LinearProbe, LogRegProbe
 
 
 def _meta(ids, sources, **extra):
@@ -74,6 +74,16 @@ def test_join_by_id_path_suffix_stem_and_breast():
     with pytest.raises(EvaluationError, match="disagree"):
         join_labels(f, rows + [{"image": "x/mdb003.pgm", "y": "1"}], "y")
     assert resolve_patients(f, joined)[2] == "mias002"  # mini-MIAS pair from the file name
+    # CBIS-DDSM: TCIA renames series folders and files; the case folder names the image.
+    cbis = join_labels(f, [{"image": "P2_R_CC/", "y": "1"}, {"image": "P1_L_CC/", "y": "0"}], "y")
+    assert [r and r["y"] for r in cbis] == ["0", "1", None]
+    # CMMD: one row per breast under the patient folder; the image's laterality picks the row.
+    f.meta[0]["source"] = "/d/CMMD/D1-0001/1.3.6/1.3.6.1/1-1.dcm"
+    cmmd = [
+        {"image": "D1-0001/", "laterality": "R", "y": "0"},
+        {"image": "D1-0001/", "laterality": "L", "y": "1"},
+    ]
+    assert join_labels(f, cmmd, "y")[0]["y"] == "1"
     assert resolve_patients(f, joined)[0] == "P1"
     with pytest.raises(EvaluationError, match="patient"):
         resolve_patients(f, [None, None, None], "hospital")
@@ -135,8 +145,6 @@ def test_logreg_and_linear_probes_learn_and_pad_missing_classes():
     assert np.array_equal(
         lin, LinearProbe(epochs=50).fit_predict(x[:150], y[:150], x[150:], 2, seed=1)
     )
-    with pytest.raises(EvaluationError, match="unknown protocol"):
-        build_probe("svm")
 
 
 def _mias_like(tmp_path, n_images=80):
@@ -248,3 +256,25 @@ def test_eval_cli_end_to_end(tmp_path, capsys):
         )
         == 1
     )
+
+
+@pytest.mark.realdata
+def test_real_mini_mias_labels_join_and_pairs(mini_mias_dir):
+    from mammodino.eval.labels_join import read_labels_csv
+    from mammodino.eval.splits import patient_folds
+
+    names = [f"mdb{i:03d}.png" for i in range(1, 323)]
+    f = Features(
+        ids=np.asarray([f"id{i}" for i in range(322)]),
+        cls=np.zeros((322, 2)),
+        patch_mean=np.zeros((322, 2)),
+        meta=_meta([f"id{i}" for i in range(322)], names),
+    )
+    joined = join_labels(f, read_labels_csv(mini_mias_dir / "labels_per_image.csv"), "tissue_FGD")
+    assert all(r is not None for r in joined)
+    patients = np.asarray(resolve_patients(f, joined))
+    task = encode_task([r["tissue_FGD"] for r in joined], "tissue_FGD")
+    assert len(set(patients)) == 161 and np.bincount(task.y).tolist() == [106, 104, 112]
+    fold = patient_folds(patients, task.y, 5, seed=0)
+    for k in range(5):
+        assert not set(patients[fold == k]) & set(patients[fold != k])

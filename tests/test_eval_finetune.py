@@ -54,3 +54,74 @@ def test_finetune_learns_bright_vs_dark_on_patient_folds():
 def test_finetune_protocol_needs_weights_and_manifest():
     with pytest.raises(EvaluationError, match="--weights"):
         finetune_protocol(None, None, ["a"])
+
+
+@pytest.mark.slow
+def test_eval_cli_finetune_on_a_cache(tmp_path):
+    import csv
+    import json
+
+    import cv2
+
+    from mammodino.cli import main
+    from mammodino.eval.features import save_features
+
+    (tmp_path / "images").mkdir()
+    rows = []
+    for i in range(8):
+        image = np.full((48, 32), 0.2 + 0.6 * (i % 2), np.float32)
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), (image * 65535).astype(np.uint16))
+        rows.append(
+            {
+                "id": f"id{i}",
+                "source": f"s{i}.png",
+                "image": f"images/{i}.png",
+                "patient_id": f"p{i // 2}",
+                "laterality": "LR"[i % 2],
+                "view": "CC",
+                "cache_height": "48",
+                "cache_width": "32",
+            }
+        )
+    with (tmp_path / "manifest.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    save_features(
+        tmp_path / "feats", [r["id"] for r in rows], np.zeros((8, 4)), np.zeros((8, 4)), rows
+    )
+    (tmp_path / "labels.csv").write_text(
+        "id,bright\n" + "".join(f"id{i},{i % 2}\n" for i in range(8))
+    )
+    out = tmp_path / "res"
+    assert (
+        main(
+            [
+                "eval",
+                "--features",
+                str(tmp_path / "feats"),
+                "--labels",
+                str(tmp_path / "labels.csv"),
+                "--task",
+                "bright",
+                "--protocol",
+                "finetune",
+                "--weights",
+                "random:vit_tiny/16",
+                "--manifest",
+                str(tmp_path / "manifest.csv"),
+                "--folds",
+                "2",
+                "--finetune-epochs",
+                "1",
+                "--bootstrap",
+                "0",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    result = json.loads((out / "results.json").read_text())["protocols"]["finetune"]["1"]
+    assert [f["n_test"] for f in result["per_fold"]] == [4, 4]
+    assert 0.0 <= result["pooled"]["auroc"]["value"] <= 1.0

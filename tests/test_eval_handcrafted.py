@@ -71,6 +71,9 @@ def test_extract_from_a_cache_writes_features(tmp_path):
     f = load_features(tmp_path / "feats")
     assert f.ids.tolist() == ["id0", "id1"] and f.cls.shape == (2, len(feature_names()))
     assert np.array_equal(f.cls, f.patch_mean) and f.meta[1]["source"] == "mdb002.png"
+    assert f.patch_grid.shape == (2, 16, 16, 17) and f.patch_grid.dtype == np.float16
+    # Patch tissue fraction (entry 6): the left edge holds the breast, the right edge background.
+    assert f.patch_grid[0, 8, 0, 6] == 1.0 and f.patch_grid[0, 8, -1, 6] == 0.0
     assert f.cls[1, feature_names().index("mean")] > f.cls[0, feature_names().index("mean")]
     with pytest.raises(EvaluationError, match="manifest"):
         extract_handcrafted(tmp_path / "images", tmp_path / "x")

@@ -291,3 +291,14 @@ def test_export_command_reports_missing_run(tmp_path, capsys):
         == 1
     )
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_hf_folder_with_pytorch_model_bin(tmp_path):
+    ours = _tiny()
+    export_hf(ours, tmp_path)
+    tensors = read_state_dict(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(tensors, tmp_path / "pytorch_model.bin")
+    back = vit_from_weights(tmp_path)
+    x = torch.rand(1, 1, 56, 56)
+    torch.testing.assert_close(back.eval()(x), ours(x))

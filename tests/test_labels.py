@@ -86,8 +86,9 @@ P_00038,2,RIGHT,MLO,1,calcification,PLEOMORPHIC,CLUSTERED,3,BENIGN_WITHOUT_CALLB
 """,
     )
     rows = _convert("cbis-ddsm", tmp_path, tmp_path)
-    mass = rows["Mass-Training_P_00001_LEFT_CC/1.3.6/1.3.6.1/000000.dcm"]
-    calc = rows["Calc-Test_P_00038_RIGHT_MLO/1.3.6/1.3.6.2/000000.dcm"]
+    mass = rows["Mass-Training_P_00001_LEFT_CC/"]
+    calc = rows["Calc-Test_P_00038_RIGHT_MLO/"]
+    assert mass["published_path"] == "Mass-Training_P_00001_LEFT_CC/1.3.6/1.3.6.1/000000.dcm"
     assert (mass["patient_id"], mass["laterality"], mass["view"], mass["density"]) == (
         "P_00001",
         "L",
@@ -159,8 +160,8 @@ D2-0001,L,60,2,both,Malignant,Luminal A
 """,
     )
     rows = _convert("cmmd", tmp_path, tmp_path)
-    assert rows["D1-0001/R"]["malignancy"] == "0" and rows["D1-0001/R"]["image"] == ""
-    assert rows["D2-0001/L"]["malignancy"] == "1" and rows["D2-0001/L"]["subtype"] == "Luminal A"
+    assert rows["D1-0001/"]["malignancy"] == "0" and rows["D1-0001/"]["laterality"] == "R"
+    assert rows["D2-0001/"]["malignancy"] == "1" and rows["D2-0001/"]["subtype"] == "Luminal A"
     with pytest.raises(LabelsError, match="CSV"):
         _write(tmp_path / "x" / "CMMD_clinicaldata_revision.xlsx", "binary")
         convert_labels(

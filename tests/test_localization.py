@@ -130,6 +130,7 @@ def test_patch_probe_finds_constructed_lesions():
     assert result["n_images"] == 59 and result["n_images_with_lesions"] == 30
     assert result["hit_rate"]["value"] >= 0.9
     assert result["patch_auroc"]["value"] > 0.95
+    assert 0.0 < result["hit_rate_chance"] < 0.5
     for key in ("hit_rate", "patch_auroc"):
         low, high = result[key]["ci95"]
         assert low <= result[key]["value"] <= high

@@ -244,7 +244,8 @@ def _distributed_worker(rank: int, world: int, init_file: str, queue) -> None:
     ema = EMACentering(5, momentum=0.9)
     ema.update(mine)
     probs = SinkhornKnoppCentering(3).teacher_probs(mine, 0.5)
-    queue.put((rank, ema.center.clone(), probs.clone()))
+    # Plain lists: shared-memory tensors would vanish with this process before the parent reads.
+    queue.put((rank, ema.center.tolist(), probs.tolist()))
     dist.barrier()
     dist.destroy_process_group()
 
@@ -272,5 +273,42 @@ def test_centering_all_reduce_equals_global_batch(tmp_path):
     ema.update(logits)
     full = SinkhornKnoppCentering(3).teacher_probs(logits, 0.5)
     for rank, center, probs in results:
-        torch.testing.assert_close(center, ema.center)
-        torch.testing.assert_close(probs, full[2 * rank : 2 * rank + 2])
+        torch.testing.assert_close(torch.tensor(center), ema.center)
+        torch.testing.assert_close(torch.tensor(probs), full[2 * rank : 2 * rank + 2])
+
+
+def test_losses_float32_under_bf16_autocast_with_heads():
+    from mammodino.models.heads import DINOHead
+
+    torch.manual_seed(0)
+    head = DINOHead(16, out_dim=64, hidden_dim=32, bottleneck_dim=8)
+    feats = torch.randn(8, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(feats)
+        teacher = SinkhornKnoppCentering(3).teacher_probs(logits.detach(), 0.04)
+        dino = DINOLoss(0.1)(logits, teacher, n_global=2)
+        koleo = KoLeoLoss()(feats)
+    assert dino.dtype == torch.float32 and koleo.dtype == torch.float32
+    (dino + koleo).backward()
+    assert torch.isfinite(feats.grad).all() and torch.isfinite(head.last_layer.weight_v.grad).all()
+
+
+def test_slice_patch_contrast_hand_computed_and_valid_mask():
+    # One image pair, 3 tokens, tau 1: token 0 of A = e1, token 1 = e2, token 2 = e1 (background);
+    # the teacher of B has the same tokens.
+    tokens = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]])
+    loss_fn = SliceContrastLoss(temperature=1.0)
+    e = math.e
+    # All valid: anchor 0 sees [e, 1, e] (label 0), anchor 1 sees [1, e, 1], anchor 2 [e, 1, e].
+    expected = (-LN(e / (2 * e + 1)) - LN(e / (e + 2)) - LN(e / (2 * e + 1))) / 3
+    assert loss_fn.forward_patches(tokens, tokens, tokens, tokens).item() == pytest.approx(
+        expected, rel=1e-6
+    )
+    # Token 2 invalid: neither an anchor nor a negative.
+    valid = torch.tensor([[True, True, False]])
+    expected = (-LN(e / (e + 1)) - LN(e / (e + 1))) / 2
+    got = loss_fn.forward_patches(tokens, tokens, tokens, tokens, valid)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    torch.manual_seed(0)
+    z = torch.randn(2, 5, 512)
+    assert SliceContrastLoss(0.01).forward_patches(z, z, z, z).item() < 1e-6

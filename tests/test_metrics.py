@@ -109,3 +109,23 @@ def test_structure_binary_multiclass_ordinal_and_fold_summary():
         (multi["balanced_accuracy"]["value"] + 1.0) / 2
     )
     assert summary["balanced_accuracy"]["n"] == 2
+
+
+def test_ties_and_weights_match_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    score = np.round(rng.random(300) * 0.6 + 0.3 * y, 1)  # many tied scores
+    w = rng.integers(1, 5, 300).astype(float)
+    assert auroc(y, score, w) == pytest.approx(skm.roc_auc_score(y, score, sample_weight=w))
+    assert auprc(y, score, w) == pytest.approx(
+        skm.average_precision_score(y, score, sample_weight=w)
+    )
+    y4, p4 = rng.integers(0, 4, 300), rng.integers(0, 4, 300)
+    assert quadratic_kappa(y4, p4, w) == pytest.approx(
+        skm.cohen_kappa_score(y4, p4, weights="quadratic", sample_weight=w)
+    )
+    assert macro_f1(y4, p4, w) == pytest.approx(
+        skm.f1_score(y4, p4, average="macro", sample_weight=w)
+    )
+    with pytest.raises(ValueError):
+        auroc(np.ones(5), np.arange(5.0))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
 from conftest import shared_data_dir
 from test_reader_support import synthetic_breast, write_dicom
 
@@ -25,7 +26,16 @@ PHI_TAGS = (*SENTINELS, "ReferringPhysicianName", "OperatorsName", "StationName"
 def _run_prepare(src: Path, out: Path, workers: int = 2) -> str:
     """Run the real command line in a subprocess; return stdout + stderr."""
     done = subprocess.run(
-        [sys.executable, "-m", "mammodino", "prepare", str(src), str(out), "--workers", str(workers)],
+        [
+            sys.executable,
+            "-m",
+            "mammodino",
+            "prepare",
+            str(src),
+            str(out),
+            "--workers",
+            str(workers),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,15 +8,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+from mammodino.cli import main
+from mammodino.preprocess.geometry import original_to_cache
 from test_reader_support import (
     BREAST_TOMOSYNTHESIS,
     dbt_extra,
     synthetic_breast,
     write_dicom,
 )
-
-from mammodino.cli import main
-from mammodino.preprocess.geometry import original_to_cache
 
 REQUIRED_COLUMNS = [
     "id",
@@ -202,7 +202,9 @@ def test_dbt_volume_gives_aligned_slices(tmp_path):
     _prepare(src, out)
     rows = _read_csv(out / "manifest.csv")
     assert [r["slice_index"] for r in rows] == ["0", "1", "2", "3"]
-    assert {r["slice_count"] for r in rows} == {"4"} and {r["slice_spacing_mm"] for r in rows} == {"1"}
+    assert {r["slice_count"] for r in rows} == {"4"} and {r["slice_spacing_mm"] for r in rows} == {
+        "1"
+    }
     assert len({r["volume_id"] for r in rows}) == 1 and len({r["mask"] for r in rows}) == 1
     assert len({tuple(r[k] for k in REQUIRED_COLUMNS[8:]) for r in rows}) == 1  # one geometry
     means = [cv2.imread(str(out / r["image"]), cv2.IMREAD_UNCHANGED).mean() for r in rows]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_reader_support import synthetic_breast
 
 from mammodino.errors import ImageTooSmallError, NoBreastFoundError
 from mammodino.preprocess.geometry import (
@@ -23,6 +22,7 @@ from mammodino.preprocess.pipeline import (
     render_image,
     render_mask,
 )
+from test_reader_support import synthetic_breast
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
@@ -150,4 +150,6 @@ def test_pectoral_wedge_found_on_synthetic_mlo():
     found = pectoral_mask(image, breast)
     iou = (found & wedge).sum() / max((found | wedge).sum(), 1)
     assert iou > 0.8
-    assert not pectoral_mask(_unit(synthetic_breast(label=False)), breast).sum() > 0.5 * breast.sum()
+    assert (
+        not pectoral_mask(_unit(synthetic_breast(label=False)), breast).sum() > 0.5 * breast.sum()
+    )

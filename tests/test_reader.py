@@ -10,13 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from test_reader_support import (
-    BREAST_TOMOSYNTHESIS,
-    DM_FOR_PROCESSING,
-    dbt_extra,
-    view_code,
-    write_dicom,
-)
 
 from mammodino.errors import (
     ImageTooLargeError,
@@ -26,6 +19,13 @@ from mammodino.errors import (
 )
 from mammodino.io.reader import read_frame_count, read_image, read_metadata
 from mammodino.io.voi import apply_voi_lut, apply_window
+from test_reader_support import (
+    BREAST_TOMOSYNTHESIS,
+    DM_FOR_PROCESSING,
+    dbt_extra,
+    view_code,
+    write_dicom,
+)
 
 # ---------------------------------------------------------------- VOI functions (PS3.3 C.11.2.1.2)
 
@@ -107,7 +107,9 @@ def test_dicom_metadata_from_tags(tmp_path):
         "PresentationIntentType": "FOR PROCESSING",
     }
     pixels = np.zeros((8, 6), np.uint16)
-    meta = read_metadata(write_dicom(tmp_path / "m.dcm", pixels, sop_class=DM_FOR_PROCESSING, extra=extra))
+    meta = read_metadata(
+        write_dicom(tmp_path / "m.dcm", pixels, sop_class=DM_FOR_PROCESSING, extra=extra)
+    )
     assert (meta.laterality, meta.view, meta.spacing_mm) == ("R", "MLO", (0.07, 0.07))
     assert (meta.manufacturer, meta.presentation_intent) == ("ACME", "FOR PROCESSING")
     assert (meta.rows, meta.cols, meta.n_frames, meta.bits_stored) == (8, 6, 1, 12)
@@ -149,7 +151,9 @@ def test_pgm_binary_16_bit_and_ascii(tmp_path):
     (tmp_path / "b.pgm").write_bytes(b"P5\n# scanner\n2 2\n4095\n" + values.tobytes())
     np.testing.assert_allclose(read_image(tmp_path / "b.pgm").pixels, values / 4095, atol=1e-7)
     (tmp_path / "a.pgm").write_bytes(b"P2\n2 2\n255\n0 51\n102 255\n")
-    np.testing.assert_allclose(read_image(tmp_path / "a.pgm").pixels, [[0, 0.2], [0.4, 1]], atol=1e-6)
+    np.testing.assert_allclose(
+        read_image(tmp_path / "a.pgm").pixels, [[0, 0.2], [0.4, 1]], atol=1e-6
+    )
     assert read_image(tmp_path / "b.pgm").meta.bits_stored == 12
 
 

@@ -104,4 +104,3 @@ def dbt_extra(laterality: str = "L", slice_spacing_mm: float = 1.0) -> dict:
     shared.PixelMeasuresSequence = Sequence([measures])
     shared.FrameAnatomySequence = Sequence([anatomy])
     return {"SharedFunctionalGroupsSequence": Sequence([shared]), "ViewPosition": "CC"}
-

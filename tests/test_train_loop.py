@@ -72,6 +72,14 @@ def write_cache(folder: Path, count: int = 8) -> Path:
     return folder
 
 
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    """train.deterministic switches torch's global flag on: switch it back for other tests."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(previous)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
     return write_cache(tmp_path_factory.mktemp("cache"))
@@ -91,7 +99,9 @@ def weights(run: Path) -> dict:
 
 def test_run_writes_config_metrics_and_checkpoints(cache, tmp_path):
     run = tmp_path / "run"
-    train(tiny_cfg(cache, "optim.max_steps=3", "train.checkpoint_every=2"), run, show_progress=False)
+    train(
+        tiny_cfg(cache, "optim.max_steps=3", "train.checkpoint_every=2"), run, show_progress=False
+    )
     assert load_config(defaults=run / "config.yaml").optim.max_steps == 3
     records = read_metrics(run)
     assert [r["step"] for r in records] == [1, 2, 3]
@@ -213,3 +223,24 @@ def test_gradient_accumulation_and_monitor(cache, tmp_path):
     assert records[0] == {"step": 0, "monitor/knn_acc": records[0]["monitor/knn_acc"]}
     assert 0.0 <= records[-1]["monitor/knn_acc"] <= 1.0
     assert weights(run)["data"]["position"] == 8  # 2 steps x 2 micro-batches x 2 images
+
+
+def test_pretrain_command_writes_a_run_and_resumes(cache, tmp_path):
+    from mammodino.cli import main
+
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text("model:\n  arch: vit_tiny\n")
+    run = tmp_path / "run"
+    base = ["pretrain", "--output-dir", str(run), "--no-progress"]
+    overrides = [f"data.source={cache}", *TINY]
+    assert main([*base, "--config", str(preset), *overrides, "optim.max_steps=1"]) == 0
+    assert main([*base, "--resume", "optim.max_steps=2"]) == 0  # config read from RUN
+    assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert main([*base, "--config", str(preset), *overrides]) == 1  # refuses to overwrite
+
+
+def test_max_minutes_stops_early_with_a_checkpoint(cache, tmp_path):
+    run = tmp_path / "run"
+    record = train(tiny_cfg(cache, "optim.max_minutes=1e-6"), run, show_progress=False)
+    assert record["step"] == 1  # the first step already exceeds the time budget
+    assert weights(run)["step"] == 1

@@ -184,3 +184,28 @@ def test_bad_arch_and_channels_raise_config_errors():
         build_vit("vit_huge")
     with pytest.raises(ConfigError):
         tiny()(torch.rand(1, 3, 56, 56))
+
+
+def test_bf16_autocast_forward_backward_is_finite():
+    model = tiny(img_size=28).train()
+    masks = torch.zeros(2, 4, dtype=torch.bool)
+    masks[:, 0] = True
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model.forward_features(torch.rand(2, 1, 28, 28), masks)
+        loss = (
+            out["x_norm_clstoken"].float().square().mean()
+            + out["x_norm_patchtokens"].float().mean()
+        )
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+def test_dinov2_interpolate_offset_uses_scale_factor():
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 16, 8)
+    out = resample_pos_embed(pos, (6, 3), offset=0.1)
+    grid = pos[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    ref = F.interpolate(grid, scale_factor=(6.1 / 4, 3.1 / 4), mode="bicubic", antialias=False)
+    torch.testing.assert_close(out[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, 18, 8))

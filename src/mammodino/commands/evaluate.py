@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--C", default="auto", help="logreg C, or 'auto' (inner patient CV)")
     parser.add_argument("--epochs", type=int, default=100, help="linear probe epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=10, help="fine-tuning epochs")
     parser.add_argument(
         "--localization", action="store_true", help="also run the patch-token lesion probe"
     )
@@ -81,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         knn_standardise=args.knn_standardize,
         logreg_C=C,
         linear_epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
         localization=args.localization,
         lesion_column=args.lesion_column,
         weights=args.weights,

@@ -18,18 +18,26 @@ HELP = "synthetic breast phantoms: FFDM + DBT DICOM with density, lesion labels 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("output", metavar="OUT", help="output folder")
-    parser.add_argument("--ffdm", type=int, default=16, help="number of FFDM images (4 per patient)")
+    parser.add_argument(
+        "--ffdm", type=int, default=16, help="number of FFDM images (4 per patient)"
+    )
     parser.add_argument("--dbt", type=int, default=4, help="number of DBT volumes (4 per patient)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ffdm-shape", type=int, nargs=2, default=[1024, 800], metavar=("ROWS", "COLS"))
+    parser.add_argument(
+        "--ffdm-shape", type=int, nargs=2, default=[1024, 800], metavar=("ROWS", "COLS")
+    )
     parser.add_argument(
         "--dbt-shape", type=int, nargs=3, default=[40, 512, 400], metavar=("SLICES", "ROWS", "COLS")
     )
     parser.add_argument("--bits", type=int, choices=(12, 14), default=12, help="bits stored")
-    parser.add_argument("--lesion-fraction", type=float, default=0.5, help="share of breasts with a lesion")
+    parser.add_argument(
+        "--lesion-fraction", type=float, default=0.5, help="share of breasts with a lesion"
+    )
     parser.add_argument("--arc", type=float, default=15.0, help="DBT sweep in degrees (total)")
     parser.add_argument("--views", type=int, default=15, help="DBT projections")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, max 8)")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="processes (default: CPU count, max 8)"
+    )
     parser.add_argument("--preview", action="store_true", help="also write OUT/preview.png")
 
 
@@ -46,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.ffdm < 0 or args.dbt < 0 or args.ffdm + args.dbt == 0:
         raise ConfigError("nothing to generate: give --ffdm N and/or --dbt M (non-negative)")
     if min(args.ffdm_shape) < 32 or min(args.dbt_shape[1:]) < 32 or args.dbt_shape[0] < 4:
-        raise ConfigError("image too small: --ffdm-shape and --dbt-shape rows/cols >= 32, slices >= 4")
+        raise ConfigError(
+            "image too small: --ffdm-shape and --dbt-shape rows/cols >= 32, slices >= 4"
+        )
     if not 0.0 <= args.lesion_fraction <= 1.0 or args.views < 2 or not 0 < args.arc < 90:
         raise ConfigError("--lesion-fraction must be in [0, 1], --views >= 2, --arc in (0, 90)")
     settings = SynthSettings(
@@ -60,10 +70,17 @@ def run(args: argparse.Namespace) -> int:
         dbt=DbtSettings(arc_deg=args.arc, n_views=args.views),
     )
     workers = args.workers or min(os.cpu_count() or 1, 8)
-    columns = [TextColumn("synth"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn()]
+    columns = [
+        TextColumn("synth"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task("synth", total=len(plan(settings)))
-        labels, lesions = generate(args.output, settings, workers, on_item=lambda _: progress.advance(task))
+        labels, lesions = generate(
+            args.output, settings, workers, on_item=lambda _: progress.advance(task)
+        )
     print(f"{args.ffdm} FFDM + {args.dbt} DBT written to {args.output} ({len(lesions)} lesions)")
     if args.preview:
         print(f"preview: {write_preview(args.output, _as_text(labels), _as_text(lesions))}")

@@ -34,6 +34,7 @@ def collate_pretrain(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     per_crop = 1.0 / masks.sum(-1).clamp(min=1).to(torch.float32)
     masks_weight = per_crop.unsqueeze(-1).expand_as(masks)[masks]
     return {
+        **collate_slice_pairs(samples, global_crops.shape[-1]),
         "global_crops": global_crops,
         "local_crops": local_crops,
         "masks": masks,
@@ -45,4 +46,27 @@ def collate_pretrain(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "mask_indices_list": mask_indices,
         "masks_weight": masks_weight,
         "n_masked_patches": torch.tensor([mask_indices.numel()], dtype=torch.long),
+    }
+
+
+def collate_slice_pairs(samples: Sequence[dict[str, Any]], default_size: int) -> dict[str, Any]:
+    """The DBT slice pairs of a batch (samples with a `slice_pair`, in batch order).
+
+    `slice_pairs` float32 [2, P, 1, S, S] (all first slices, then all second slices),
+    `slice_volume` int64 [P], `slice_offset_mm` and `slice_position_mm` float32 [P]. P = 0 in
+    an FFDM-only batch (S is then the global crop size): the slice loss is 0.
+    """
+    pairs = [s for s in samples if "slice_pair" in s]
+    if not pairs:
+        return {
+            "slice_pairs": torch.zeros(2, 0, 1, default_size, default_size),
+            "slice_volume": torch.zeros(0, dtype=torch.long),
+            "slice_offset_mm": torch.zeros(0),
+            "slice_position_mm": torch.zeros(0),
+        }
+    return {
+        "slice_pairs": torch.stack([s["slice_pair"] for s in pairs], dim=1),
+        "slice_volume": torch.tensor([int(s["slice_volume"]) for s in pairs], dtype=torch.long),
+        "slice_offset_mm": torch.tensor([float(s["slice_offset_mm"]) for s in pairs]),
+        "slice_position_mm": torch.tensor([float(s["slice_position_mm"]) for s in pairs]),
     }

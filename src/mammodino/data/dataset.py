@@ -176,12 +176,21 @@ class PretrainDataset(torch.utils.data.Dataset):
             self._cached_bytes -= pixels.nbytes + tissue.nbytes
 
 
-def build_pretrain_dataset(cfg: Any, source: str | Path | None = None) -> PretrainDataset:
-    """The pretraining data set of `cfg.data.source` (a prepared cache or a folder of images)."""
+def build_pretrain_dataset(cfg: Any, source: str | Path | None = None) -> torch.utils.data.Dataset:
+    """The pretraining data set of `cfg.data.source` (a prepared cache or a folder of images).
+
+    With `data.dbt_fraction` > 0 a prepared cache gives the mixed FFDM + DBT data set
+    (data/dbt_dataset.py); at 0 every cached DBT slice is an image like any other.
+    """
     source = source if source is not None else cfg["data"]["source"]
     if source is None:
         raise ConfigError("data.source is not set: give a prepared cache or a folder of images")
     folder = Path(source)
+    dbt_fraction = float(cfg["data"].get("dbt_fraction", 0.0) or 0.0)
+    if (folder / MANIFEST_NAME).is_file() and dbt_fraction > 0:
+        from mammodino.data.dbt_dataset import build_mixed_dataset
+
+        return build_mixed_dataset(cfg, folder)
     if (folder / MANIFEST_NAME).is_file():
         records = read_manifest(folder)
     elif folder.is_dir():

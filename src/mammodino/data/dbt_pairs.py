@@ -1,13 +1,15 @@
 """Slice pairs of a DBT volume for the cross-slice contrastive loss (METHOD.md section 4).
 
-Slice k is drawn inside the volume's tissue-bearing range, slice k + d with 1 <= |d| <= d_max
-slices, d_max converted from millimetres with the slice spacing. Both slices are cut by one crop
-plan (the same tissue-aware boxes and flips: they stay aligned) and get independent intensity
-augmentations and iBOT masks.
+Slice k is drawn inside the volume's tissue-bearing range (`tissue_slice_range`), slice k + d
+with 1 <= |d| <= d_max slices, d_max converted from millimetres with the slice spacing. Both
+slices are cut by one crop plan (the same tissue-aware boxes and flips: they stay aligned) and get
+independent intensity augmentations and iBOT masks. `pair_transform` is the one-crop plan the
+data set uses for the pairs of the slice loss (data/dbt_dataset.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -57,3 +59,48 @@ def render_slice_pair(
     first = transform.render(slice_a, tissue, plan, aug_a, mask_a, intensity_max, index)
     second = transform.render(slice_b, tissue, plan, aug_b, mask_b, intensity_max, index)
     return first, second
+
+
+def pair_transform(transform: PretrainTransform, pair_size: int | None = None) -> PretrainTransform:
+    """The transform of one aligned slice-pair crop: one global box, no iBOT mask, no forced blur.
+
+    The multi-crop transform always blurs the first global crop; a pair crop gets the local blur
+    probability instead so fine structure that differs between neighbouring slices survives.
+    """
+    crops = dataclasses.replace(
+        transform.crops,
+        n_global=1,
+        n_local=0,
+        global_size=int(pair_size or transform.crops.global_size),
+    )
+    if crops.global_size % crops.patch_size:
+        raise ConfigError(
+            f"dbt.pair_size {crops.global_size} must be a multiple of the patch size "
+            f"{crops.patch_size}"
+        )
+    masking = dataclasses.replace(transform.masking, probability=0.0)
+    blur = transform.augment.blur_p_local
+    augment = dataclasses.replace(transform.augment, blur_p_global=(blur,), solarize_p=0.0)
+    return PretrainTransform(crops, masking, augment)
+
+
+def tissue_slice_range(slice_contrast: Sequence[float], threshold: float = 0.5) -> tuple[int, int]:
+    """[first, last] tissue-bearing slices: contrast >= threshold * the volume's peak contrast.
+
+    `slice_contrast` is each slice's mean inside the breast mask minus its mean outside: slices
+    beyond the compressed breast show only reconstruction haze and fall towards 0. The range is
+    the contiguous run around the peak; a volume without positive contrast keeps every slice.
+    """
+    contrast = np.asarray(slice_contrast, dtype=np.float64)
+    if contrast.size == 0:
+        raise ValueError("a volume needs at least one slice")
+    peak = int(contrast.argmax())
+    if not contrast[peak] > 0:
+        return 0, contrast.size - 1
+    bearing = contrast >= threshold * contrast[peak]
+    first, last = peak, peak
+    while first > 0 and bearing[first - 1]:
+        first -= 1
+    while last < contrast.size - 1 and bearing[last + 1]:
+        last += 1
+    return first, last

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -12,8 +13,14 @@ import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.crossval import cross_validate
-from mammodino.eval.features import load_features
-from mammodino.eval.labels_join import encode_task, join_labels, read_labels_csv, resolve_patients
+from mammodino.eval.features import Features, load_features
+from mammodino.eval.labels_join import (
+    TaskLabels,
+    encode_task,
+    join_labels,
+    read_labels_csv,
+    resolve_patients,
+)
 from mammodino.eval.probes import KNNProbe, LinearProbe, LogRegProbe
 from mammodino.eval.splits import patient_folds
 
@@ -42,13 +49,14 @@ class EvalSettings:
     knn_standardise: bool = False
     logreg_C: float | None = None
     linear_epochs: int = 100
+    finetune_epochs: int = 10
     localization: bool = False
     lesion_column: str = "lesions"
     weights: str | None = None
     manifest: str | None = None
 
 
-def _probe(protocol: str, settings: EvalSettings, features_path: Path, ids: np.ndarray):
+def _probe(protocol: str, settings: EvalSettings, ids: np.ndarray):
     """The fit_predict callable of one protocol."""
     if protocol == "knn":
         return KNNProbe(
@@ -59,10 +67,81 @@ def _probe(protocol: str, settings: EvalSettings, features_path: Path, ids: np.n
     if protocol == "linear":
         return LinearProbe(epochs=settings.linear_epochs).fit_predict
     if protocol == "finetune":
-        from mammodino.eval.finetune import finetune_protocol
+        from mammodino.eval.finetune import FinetuneSettings, finetune_protocol
 
-        return finetune_protocol(settings.weights, settings.manifest, ids)
+        tune = FinetuneSettings(epochs=settings.finetune_epochs)
+        return finetune_protocol(settings.weights, settings.manifest, ids, tune)
     raise EvaluationError(f"unknown protocol {protocol!r}")
+
+
+def _prediction_rows(
+    ids: np.ndarray, groups, fold, task: TaskLabels, protocol: str, oof: dict
+) -> list[dict]:
+    """predictions.csv rows: one per image, protocol and label fraction."""
+    rows = []
+    for fraction, proba in oof.items():
+        for j, image_id in enumerate(ids):
+            rows.append(
+                {
+                    "id": image_id,
+                    "patient": groups[j],
+                    "protocol": protocol,
+                    "fraction": f"{fraction:g}",
+                    "fold": int(fold[j]),
+                    "label": task.classes[task.y[j]],
+                    **{f"p_{c}": f"{p:.6f}" for c, p in zip(task.classes, proba[j], strict=True)},
+                }
+            )
+    return rows
+
+
+def evaluate_task(
+    features: Features,
+    joined: list,
+    patients: np.ndarray,
+    settings: EvalSettings,
+    progress: Callable[[], None] | None = None,
+) -> tuple[dict, list[dict]]:
+    """Every protocol and label fraction of `settings.task` on one set of patient-level folds."""
+    values = [None if r is None else r.get(settings.task) for r in joined]
+    if all(v is None for v in values):
+        raise EvaluationError(f"labels have no column {settings.task!r}")
+    task = encode_task(values, settings.task, settings.ordinal, settings.positive)
+    groups = patients[task.index]
+    fold = patient_folds(groups, task.y, settings.folds, settings.seed)
+    ids = features.ids[task.index]
+    inputs = {
+        "features": features.vectors(settings.representation)[task.index],
+        # Fine-tuning reads images, not features: it gets row positions instead.
+        "rows": np.arange(len(task.index), dtype=np.float64)[:, None],
+    }
+    results: dict = {
+        "task": settings.task,
+        "classes": task.classes,
+        "ordinal": task.ordinal,
+        "class_counts": np.bincount(task.y, minlength=len(task.classes)).tolist(),
+        "n_patients": int(len(np.unique(groups))),
+        "folds": settings.folds,
+        "protocols": {},
+    }
+    predictions: list[dict] = []
+    for protocol in settings.protocols:
+        figures, oof = cross_validate(
+            _probe(protocol, settings, ids),
+            inputs["rows" if protocol == "finetune" else "features"],
+            task.y,
+            groups,
+            fold,
+            len(task.classes),
+            ordinal=task.ordinal,
+            fractions=settings.fractions,
+            seed=settings.seed,
+            n_boot=settings.n_boot,
+            progress=progress,
+        )
+        results["protocols"][protocol] = figures
+        predictions += _prediction_rows(ids, groups, fold, task, protocol, oof)
+    return results, predictions
 
 
 def evaluate(
@@ -72,8 +151,7 @@ def evaluate(
     from rich.progress import Progress
 
     features = load_features(features_path, with_grid=settings.localization)
-    rows = read_labels_csv(labels_path)
-    joined = join_labels(features, rows, settings.task, settings.join)
+    joined = join_labels(features, read_labels_csv(labels_path), settings.task, settings.join)
     n_joined = sum(r is not None for r in joined)
     if n_joined == 0:
         raise EvaluationError(
@@ -92,58 +170,12 @@ def evaluate(
     arrays: dict[str, np.ndarray] = {}
     with Progress(transient=True) as bar:
         if settings.task:
-            values = [None if r is None else r.get(settings.task) for r in joined]
-            if all(v is None for v in values):
-                raise EvaluationError(f"labels have no column {settings.task!r}")
-            task = encode_task(values, settings.task, settings.ordinal, settings.positive)
-            groups = patients[task.index]
-            fold = patient_folds(groups, task.y, settings.folds, settings.seed)
-            x = features.vectors(settings.representation)[task.index]
-            results.update(
-                task=settings.task,
-                classes=task.classes,
-                ordinal=task.ordinal,
-                class_counts=np.bincount(task.y, minlength=len(task.classes)).tolist(),
-                n_patients=int(len(np.unique(groups))),
-                folds=settings.folds,
-                protocols={},
-            )
             steps = len(settings.protocols) * len(settings.fractions) * settings.folds
             job = bar.add_task(f"eval {settings.task}", total=steps)
-            for protocol in settings.protocols:
-                fit_predict = _probe(protocol, settings, features_path, features.ids[task.index])
-                # Fine-tuning reads images, not features: it gets row positions instead.
-                rows = np.arange(len(task.index), dtype=np.float64)[:, None]
-                figures, oof = cross_validate(
-                    fit_predict,
-                    rows if protocol == "finetune" else x,
-                    task.y,
-                    groups,
-                    fold,
-                    len(task.classes),
-                    ordinal=task.ordinal,
-                    fractions=settings.fractions,
-                    seed=settings.seed,
-                    n_boot=settings.n_boot,
-                    progress=lambda: bar.advance(job),
-                )
-                results["protocols"][protocol] = figures
-                for fraction, proba in oof.items():
-                    for j, i in enumerate(task.index):
-                        predictions.append(
-                            {
-                                "id": features.ids[i],
-                                "patient": groups[j],
-                                "protocol": protocol,
-                                "fraction": f"{fraction:g}",
-                                "fold": int(fold[j]),
-                                "label": task.classes[task.y[j]],
-                                **{
-                                    f"p_{c}": f"{p:.6f}"
-                                    for c, p in zip(task.classes, proba[j], strict=True)
-                                },
-                            }
-                        )
+            figures, predictions = evaluate_task(
+                features, joined, patients, settings, lambda: bar.advance(job)
+            )
+            results.update(figures)
         if settings.localization:
             from mammodino.eval.localization import evaluate_localization
 
@@ -243,6 +275,12 @@ def print_table(results: dict) -> None:
         loc = results["localization"]
         table = Table(title=f"lesion localization ({loc['n_images_with_lesions']} images)")
         table.add_column("hit rate (pointing game, ±1 patch)")
+        table.add_column("random pointer")
         table.add_column("patch AUROC")
-        table.add_row(_fmt(loc["hit_rate"]), _fmt(loc["patch_auroc"]))
+        chance = loc.get("hit_rate_chance")
+        table.add_row(
+            _fmt(loc["hit_rate"]),
+            "-" if chance is None else f"{chance:.3f}",
+            _fmt(loc["patch_auroc"]),
+        )
         console.print(table)

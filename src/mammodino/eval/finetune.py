@@ -29,8 +29,17 @@ class FinetuneSettings:
     weight_decay: float = 0.05
 
 
-def load_cache_images(cache: str | Path, rows: Sequence[dict[str, str]], size: int):
-    """Cache images of manifest rows as a float tensor [N, 1, size, size] in [0, 1]."""
+def load_cache_images(
+    cache: str | Path,
+    rows: Sequence[dict[str, str]],
+    size: int,
+    preprocess: Callable[[np.ndarray], object] | None = None,
+):
+    """Cache images of manifest rows as a float tensor [N, 1, size, size] in [0, 1].
+
+    `preprocess(image) -> [1, size, size]` is the backbone's own (embed's square canvas); without
+    it the image is resized to the square.
+    """
     import cv2
     import torch
 
@@ -41,9 +50,12 @@ def load_cache_images(cache: str | Path, rows: Sequence[dict[str, str]], size: i
         if image is None:
             raise EvaluationError(f"{row['image']}: cache image unreadable (re-run prepare)")
         scaled = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
-        # The whole cache image is squeezed to the square input, as embed's patch grid covers it.
-        resized = cv2.resize(scaled, (size, size), interpolation=cv2.INTER_AREA)
-        out[i, 0] = torch.from_numpy(resized)
+        if preprocess is not None:
+            out[i] = torch.as_tensor(preprocess(scaled)).cpu().reshape(1, size, size)
+        else:
+            out[i, 0] = torch.from_numpy(
+                cv2.resize(scaled, (size, size), interpolation=cv2.INTER_AREA)
+            )
     return out
 
 
@@ -125,7 +137,12 @@ class FinetuneProbe:
         return torch.cat(out).double().numpy()
 
 
-def finetune_protocol(weights: str | None, manifest: str | None, ids: Sequence[str]):
+def finetune_protocol(
+    weights: str | None,
+    manifest: str | None,
+    ids: Sequence[str],
+    settings: FinetuneSettings | None = None,
+):
     """The fit_predict of `--protocol finetune`: backbone from `weights`, images from the cache."""
     import csv
 
@@ -147,9 +164,11 @@ def finetune_protocol(weights: str | None, manifest: str | None, ids: Sequence[s
         raise EvaluationError(f"{len(missing)} feature ids are not in {manifest.name}")
 
     def load():
-        loaded = load_backbone(weights)
-        return loaded[0] if isinstance(loaded, tuple) else loaded
+        # load_backbone gives a frozen Backbone (model + preprocessing); fine-tuning unfreezes it.
+        return load_backbone(weights).model.requires_grad_(True)
 
-    size = int(load().img_size)
-    images = load_cache_images(manifest.parent, [by_id[i] for i in ids], size)
-    return FinetuneProbe(load, images, FinetuneSettings()).fit_predict
+    frozen = load_backbone(weights)
+    images = load_cache_images(
+        manifest.parent, [by_id[i] for i in ids], frozen.image_size, frozen.preprocess
+    )
+    return FinetuneProbe(load, images, settings or FinetuneSettings()).fit_predict

@@ -1,8 +1,9 @@
 """The hand-crafted baseline: intensity histogram and texture (GLCM, LBP) inside the breast mask.
 
 Computed from the prepared cache (uint16 image + uint8 mask per manifest row) and written in the
-features format (`cls` = `patch_mean` = the hand-crafted vector), so `mammodino eval` runs it on
-the same folds as any backbone:
+features format (`cls` = `patch_mean` = the hand-crafted vector, and a `patch_grid` of local
+descriptors for the localization probe), so `mammodino eval` runs it on the same folds as any
+backbone:
   python -m mammodino.eval.handcrafted CACHE FEATS
 """
 
@@ -24,6 +25,8 @@ GLCM_ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM")
 LBP_POINTS = 8
 TEXTURE_SIDE = 256  # texture on a downsampled image: film grain at full size is not anatomy
+GRID = 16  # patch grid over the whole cache image, as embed's grid covers it by default
+PATCH_PX = 16
 
 
 def feature_names() -> list[str]:
@@ -83,6 +86,32 @@ def handcrafted_features(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.nan_to_num(vector.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def patch_descriptors(image: np.ndarray, mask: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Local descriptors [grid, grid, 17] of the image squeezed to a square grid of patches:
+    mean, std, p10, p50, p90, max, tissue fraction, mean gradient, LBP histogram (9 bins)."""
+    import cv2
+    from skimage.feature import local_binary_pattern
+
+    side = grid * PATCH_PX
+    square = cv2.resize(np.asarray(image, np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    tissue = cv2.resize(mask.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
+    gradient = np.hypot(cv2.Sobel(square, cv2.CV_32F, 1, 0), cv2.Sobel(square, cv2.CV_32F, 0, 1))
+    lbp = local_binary_pattern(np.round(square * 255).astype(np.uint8), LBP_POINTS, 1, "uniform")
+
+    def tiles(a: np.ndarray) -> np.ndarray:  # [grid, grid, PATCH_PX * PATCH_PX]
+        return (
+            a.reshape(grid, PATCH_PX, grid, PATCH_PX).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
+        )
+
+    values = tiles(square)
+    codes = tiles(lbp).astype(np.int64)
+    # LBP "non-uniform" code (P + 1) is dropped: the 9 uniform bins already sum to its complement.
+    lbp_hist = np.stack([(codes == c).mean(axis=-1) for c in range(LBP_POINTS + 1)], axis=-1)
+    stats = [values.mean(-1), values.std(-1), *np.percentile(values, [10, 50, 90], axis=-1)]
+    stats += [values.max(-1), tiles(tissue).mean(-1), tiles(gradient).mean(-1)]
+    return np.concatenate([np.stack(stats, axis=-1), lbp_hist], axis=-1).astype(np.float32)
+
+
 def read_manifest(cache: Path) -> list[dict[str, str]]:
     """Rows of CACHE/manifest.csv."""
     path = cache / "manifest.csv"
@@ -99,7 +128,7 @@ def extract_handcrafted(cache: str | Path, output: str | Path) -> Path:
 
     cache = Path(cache)
     rows = read_manifest(cache)
-    vectors = []
+    vectors, grids = [], []
     for row in track(rows, description="hand-crafted features", transient=True):
         image = cv2.imread(str(cache / row["image"]), cv2.IMREAD_UNCHANGED)
         mask = cv2.imread(str(cache / row["mask"]), cv2.IMREAD_UNCHANGED)
@@ -110,8 +139,10 @@ def extract_handcrafted(cache: str | Path, output: str | Path) -> Path:
         # Cache images are uint16 PNGs; scale by the dtype's range to [0, 1].
         scaled = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
         vectors.append(handcrafted_features(scaled, mask > 0))
+        grids.append(patch_descriptors(scaled, mask > 0))
     matrix = np.stack(vectors)
-    return save_features(output, [r["id"] for r in rows], matrix, matrix, rows)
+    grid = np.stack(grids).astype(np.float16)
+    return save_features(output, [r["id"] for r in rows], matrix, matrix, rows, patch_grid=grid)
 
 
 def main(argv: list[str] | None = None) -> int:

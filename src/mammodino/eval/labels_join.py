@@ -50,7 +50,9 @@ def join_labels(
     """The label row of each feature row (None where no label row matches).
 
     `how`: `id` (labels carry the manifest `id`), `path` (a labels column `image`/`file`/... whose
-    path is a suffix of the manifest `source`; a bare file name works where it is unique), `breast`
+    path is a suffix of the manifest `source`; a bare file name works where it is unique, the
+    stem where extensions differ, and a path ending in `/` names the folder holding the image, as
+    CBIS-DDSM's case folders do), `breast`
     (breast-level labels: `patient_id` + `laterality`), or `auto` (the first of these that fits).
     Several matching rows are fine if they agree on `task`.
     """
@@ -103,9 +105,12 @@ def _common_suffix(a: tuple[str, ...], b: tuple[str, ...]) -> int:
 def _join_by_path(features: Features, rows: list[dict[str, str]], column: str) -> list[list[dict]]:
     by_name = defaultdict(list)
     by_stem = defaultdict(list)
+    by_folder = defaultdict(list)
     for r in rows:
         parts = _parts(r[column])
-        if parts:
+        if parts and r[column].endswith("/"):
+            by_folder[parts[-1]].append((parts, r))
+        elif parts:
             by_name[parts[-1]].append((parts, r))
             by_stem[_stem(parts[-1])].append((parts, r))
     found = []
@@ -115,6 +120,16 @@ def _join_by_path(features: Features, rows: list[dict[str, str]], column: str) -
             found.append([])
             continue
         candidates = by_name.get(source[-1]) or by_stem.get(_stem(source[-1]), [])
+        if not candidates:  # the deepest folder of the source that a label row names
+            folders = [by_folder[f] for f in reversed(source[:-1]) if f in by_folder]
+            candidates = folders[0] if folders else []
+        side = meta.get("laterality", "")[:1].upper()
+        if len(candidates) > 1 and side:
+            # A patient folder with one label row per breast (CMMD): keep this image's side.
+            same_side = [
+                (p, r) for p, r in candidates if r.get("laterality", "")[:1].upper() == side
+            ]
+            candidates = same_side or candidates
         if len(candidates) > 1:
             # Several rows share the file name (CBIS-DDSM's 1-1.dcm): keep the longest path suffix.
             depths = [_common_suffix(p, source) for p, _ in candidates]

@@ -3,7 +3,8 @@
 Patches are labelled positive when their centre lies inside a lesion disc or box (and the patch
 holding the lesion centre always is, so small calcifications count). Metrics on held-out images:
 - pointing game: the heat map's argmax lies within one patch (Chebyshev distance) of a lesion
-  patch; the hit rate is over images that have a lesion;
+  patch; the hit rate is over images that have a lesion (`hit_rate_chance`: a uniformly random
+  pointer's expected rate, for scale);
 - patch AUROC: lesion patches against all other patches of the held-out images (normal images
   included, so the probe is also judged on the false alarms it raises there).
 
@@ -211,6 +212,11 @@ def evaluate_localization(
         low, high, n_valid = bootstrap_ci(hit_rate, hits, hits, groups[lesion_images], n_boot, seed)
         rate.update(ci95=[low, high], n_boot=n_valid)
     result["hit_rate"] = rate
+    # What a pointer placed uniformly at random would score: share of patches that count as hits.
+    from scipy.ndimage import binary_dilation
+
+    near = [binary_dilation(masks[t], np.ones((3, 3), bool)).mean() for t in lesion_images]
+    result["hit_rate_chance"] = float(np.mean(near)) if near else float("nan")
     patch_groups = np.repeat(groups, gh * gw)
     scores, labels = heatmaps.ravel(), masks.ravel()
     value = auroc(labels, scores) if labels.any() and not labels.all() else float("nan")

@@ -150,15 +150,3 @@ class LinearProbe:
             logits = layer(torch.from_numpy(xv.astype(np.float32)))
             logits[:, counts == 0] = -torch.inf
             return torch.softmax(logits, dim=1).double().numpy()
-
-
-PROBES = {"knn": KNNProbe, "logreg": LogRegProbe, "linear": LinearProbe}
-
-
-def build_probe(protocol: str, **options):
-    """A probe by protocol name, with its options (e.g. k=20 for knn, C=1.0 for logreg)."""
-    if protocol not in PROBES:
-        raise EvaluationError(
-            f"unknown protocol {protocol!r} for frozen features; use one of {', '.join(PROBES)}"
-        )
-    return PROBES[protocol](**{k: v for k, v in options.items() if v is not None})

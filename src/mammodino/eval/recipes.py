@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mammodino.errors import LabelsError
-from mammodino.eval.splits import mias_patient_id
+from mammodino.eval.recipe_io import find_files, read_published_csv, row
+from mammodino.eval.recipes_mias import mini_mias
 
 COLUMNS = (
     "image",
@@ -33,38 +34,6 @@ COLUMNS = (
     "split",
 )
 ACR_LETTERS = {"1": "A", "2": "B", "3": "C", "4": "D"}
-
-
-def _find(src: Path, patterns: Iterable[str], what: str) -> list[Path]:
-    """Files under `src` (or `src` itself) whose name matches one of the glob patterns."""
-    if src.is_file():
-        return [src]
-    found = sorted({p for pattern in patterns for p in src.rglob(pattern) if p.is_file()})
-    if not found:
-        raise LabelsError(f"{src}: no {what} found (expected {', '.join(patterns)})")
-    return found
-
-
-def _read_csv(path: Path, required: Iterable[str], delimiter: str | None = None) -> list[dict]:
-    """Rows of a published CSV, with a clear error naming the missing documented columns."""
-    if path.suffix.lower() in (".xlsx", ".xls"):
-        raise LabelsError(
-            f"{path.name}: spreadsheet; save it as CSV first "
-            "(e.g. `libreoffice --headless --convert-to csv FILE`) and pass the .csv"
-        )
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    if delimiter is None:
-        first = text.splitlines()[0] if text else ""
-        delimiter = ";" if first.count(";") > first.count(",") else ","
-    rows = [
-        {(k or "").strip(): (v or "").strip() for k, v in r.items()}
-        for r in csv.DictReader(text.splitlines(), delimiter=delimiter)
-    ]
-    header = set(rows[0]) if rows else set()
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise LabelsError(f"{path.name}: missing documented columns {missing}")
-    return rows
 
 
 def _laterality(value: str) -> str:
@@ -89,21 +58,17 @@ def _max_birads(values: Iterable[str]) -> str:
     return max(values, key=_birads_key) if values else ""
 
 
-def _row(**values: object) -> dict[str, str]:
-    return {k: "" if v is None else str(v) for k, v in values.items()}
-
-
 def vindr_mammo(src: Path) -> list[dict[str, str]]:
     """VinDr-Mammo (PhysioNet): breast-level_annotations.csv (+ finding_annotations.csv)."""
-    [breast] = _find(src, ["breast-level_annotations.csv"], "breast-level_annotations.csv")[:1]
-    rows = _read_csv(
+    [breast] = find_files(src, ["breast-level_annotations.csv"], "breast-level_annotations.csv")[:1]
+    rows = read_published_csv(
         breast,
         ["study_id", "image_id", "laterality", "view_position", "breast_birads", "breast_density"],
     )
     findings: dict[str, list[dict]] = defaultdict(list)
     finding_files = [] if src.is_file() else list(src.rglob("finding_annotations.csv"))
     for path in finding_files[:1]:
-        for f in _read_csv(
+        for f in read_published_csv(
             path, ["image_id", "finding_categories", "xmin", "ymin", "xmax", "ymax"]
         ):
             findings[f["image_id"]].append(f)
@@ -124,7 +89,7 @@ def vindr_mammo(src: Path) -> list[dict[str, str]]:
                 any("no finding" not in f["finding_categories"].lower() for f in image_findings)
             )
         out.append(
-            _row(
+            row(
                 image=f"images/{r['study_id']}/{r['image_id']}.dicom",
                 patient_id=r["study_id"],  # VinDr publishes no patient id: one study per woman
                 laterality=_laterality(r["laterality"]),
@@ -142,10 +107,12 @@ def vindr_mammo(src: Path) -> list[dict[str, str]]:
 
 def cbis_ddsm(src: Path) -> list[dict[str, str]]:
     """CBIS-DDSM (TCIA): mass/calc_case_description_{train,test}_set.csv, one row per image."""
-    files = _find(src, ["*case_description*.csv"], "case description CSVs")
+    files = find_files(src, ["*case_description*.csv"], "case description CSVs")
     by_image: dict[str, list[dict]] = defaultdict(list)
     for path in files:
-        for r in _read_csv(path, ["patient_id", "left or right breast", "image view", "pathology"]):
+        for r in read_published_csv(
+            path, ["patient_id", "left or right breast", "image view", "pathology"]
+        ):
             r["_split"] = "test" if "test" in path.name.lower() else "train"
             by_image[r["image file path"]].append(r)
     out = []
@@ -153,8 +120,10 @@ def cbis_ddsm(src: Path) -> list[dict[str, str]]:
         r = rows[0]
         density = r.get("breast_density") or r.get("breast density", "")  # calc files use a space
         out.append(
-            _row(
-                image=image,
+            row(
+                # TCIA downloads rename the CSV's series folders and files (000000.dcm -> 1-1.dcm);
+                # the case folder (Mass-Training_P_00001_LEFT_CC) survives and holds one image.
+                image=image.replace("\\", "/").split("/")[0] + "/",
                 patient_id=r["patient_id"],
                 laterality=_laterality(r["left or right breast"]),
                 view=r["image view"].upper(),
@@ -164,6 +133,7 @@ def cbis_ddsm(src: Path) -> list[dict[str, str]]:
                 abnormal=1,  # every CBIS-DDSM image holds at least one verified abnormality
                 lesions="",  # ROIs are masks (separate DICOMs), not boxes in the CSV
                 split=r["_split"],
+                published_path=image,
             )
         )
     return out
@@ -171,8 +141,10 @@ def cbis_ddsm(src: Path) -> list[dict[str, str]]:
 
 def inbreast(src: Path) -> list[dict[str, str]]:
     """INbreast: INbreast.csv (';'-separated); AllDICOMs/ beside it gives file and patient."""
-    [path] = _find(src, ["INbreast.csv"], "INbreast.csv")[:1]
-    rows = _read_csv(path, ["Laterality", "View", "File Name", "ACR", "Bi-Rads"], delimiter=";")
+    [path] = find_files(src, ["INbreast.csv"], "INbreast.csv")[:1]
+    rows = read_published_csv(
+        path, ["Laterality", "View", "File Name", "ACR", "Bi-Rads"], delimiter=";"
+    )
     dicoms = {}
     for folder in (path.parent / "AllDICOMs", path.parent.parent / "AllDICOMs"):
         if folder.is_dir():
@@ -186,7 +158,7 @@ def inbreast(src: Path) -> list[dict[str, str]]:
         name = dicoms.get(r["File Name"])
         birads = r["Bi-Rads"].lower()
         out.append(
-            _row(
+            row(
                 image=f"AllDICOMs/{name}" if name else r["File Name"],
                 patient_id=name.split("_")[1] if name else "",
                 laterality=_laterality(r["Laterality"]),
@@ -207,10 +179,10 @@ def inbreast(src: Path) -> list[dict[str, str]]:
 
 def rsna_screening(src: Path) -> list[dict[str, str]]:
     """RSNA Screening Mammography Breast Cancer Detection (Kaggle 2022): train.csv."""
-    [path] = _find(src, ["train.csv"], "train.csv")[:1]
-    rows = _read_csv(path, ["patient_id", "image_id", "laterality", "view", "cancer"])
+    [path] = find_files(src, ["train.csv"], "train.csv")[:1]
+    rows = read_published_csv(path, ["patient_id", "image_id", "laterality", "view", "cancer"])
     return [
-        _row(
+        row(
             image=f"train_images/{r['patient_id']}/{r['image_id']}.dcm",
             patient_id=r["patient_id"],
             laterality=_laterality(r["laterality"]),
@@ -230,16 +202,18 @@ def rsna_screening(src: Path) -> list[dict[str, str]]:
 
 def cmmd(src: Path) -> list[dict[str, str]]:
     """CMMD (TCIA): CMMD_clinicaldata_revision (CSV export), one row per breast."""
-    [path] = _find(
+    [path] = find_files(
         src, ["CMMD_clinicaldata*.csv", "CMMD_clinicaldata*.xlsx"], "CMMD clinical data"
     )[:1]
-    rows = _read_csv(path, ["ID1", "LeftRight", "classification"])
+    rows = read_published_csv(path, ["ID1", "LeftRight", "classification"])
     out = []
     for r in rows:
         label = r["classification"].lower()
         out.append(
-            _row(
-                image="",  # breast-level labels: eval joins on patient_id + laterality
+            row(
+                # Breast-level labels: TCIA stores CMMD as CMMD/<ID1>/..., so the patient folder
+                # names the images and eval picks the breast by laterality.
+                image=f"{r['ID1']}/",
                 patient_id=r["ID1"],
                 laterality=_laterality(r["LeftRight"]),
                 view="",
@@ -264,10 +238,10 @@ EMBED_NOT_MALIGNANT = {"2", "3", "4", "5"}  # high-risk, borderline, benign, neg
 
 def embed(src: Path) -> list[dict[str, str]]:
     """EMBED Open Data: EMBED_OpenData_clinical*.csv + EMBED_OpenData_metadata*.csv."""
-    [clinical_path] = _find(src, ["*clinical*.csv"], "EMBED clinical CSV")[:1]
-    [metadata_path] = _find(src, ["*metadata*.csv"], "EMBED metadata CSV")[:1]
-    clinical = _read_csv(clinical_path, ["empi_anon", "acc_anon", "side", "asses"])
-    metadata = _read_csv(
+    [clinical_path] = find_files(src, ["*clinical*.csv"], "EMBED clinical CSV")[:1]
+    [metadata_path] = find_files(src, ["*metadata*.csv"], "EMBED metadata CSV")[:1]
+    clinical = read_published_csv(clinical_path, ["empi_anon", "acc_anon", "side", "asses"])
+    metadata = read_published_csv(
         metadata_path, ["empi_anon", "acc_anon", "anon_dicom_path", "ImageLateralityFinal"]
     )
     # Findings of an exam by breast; side B (bilateral) and empty apply to both breasts.
@@ -296,7 +270,7 @@ def embed(src: Path) -> list[dict[str, str]]:
             )
         ]
         out.append(
-            _row(
+            row(
                 image=m["anon_dicom_path"],
                 patient_id=m["empi_anon"],
                 laterality=lat,
@@ -308,90 +282,6 @@ def embed(src: Path) -> list[dict[str, str]]:
                 lesions=json.dumps(boxes) if boxes else "",
                 split="",
                 image_type=m.get("FinalImageType", ""),
-            )
-        )
-    return out
-
-
-_INFO_LINE = re.compile(
-    r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE
-)
-MIAS_SIZE = 1024  # every mini-MIAS image is 1024 x 1024; y in Info.txt counts from the bottom
-
-
-def _mias_findings(src: Path) -> list[dict[str, str]]:
-    """One dict per finding (refnum, tissue, class, severity, x, y, radius) from either file."""
-    rows_csv = [] if src.is_file() else list(src.glob("labels_rows.csv"))
-    if src.name == "labels_rows.csv" or rows_csv:
-        rows = _read_csv(src if src.is_file() else rows_csv[0], ["refnum", "tissue", "abn_class"])
-        return [
-            {
-                "refnum": r["refnum"],
-                "tissue": r["tissue"],
-                "class": r["abn_class"],
-                "severity": r.get("severity", ""),
-                "x": r.get("x", ""),
-                "y": r.get("y_from_bottom", ""),
-                "radius": r.get("radius", ""),
-            }
-            for r in rows
-        ]
-    [info] = _find(src, ["Info.txt"], "Info.txt or labels_rows.csv")[:1]
-    findings = []
-    for line in info.read_text(errors="replace").splitlines():
-        match = _INFO_LINE.match(line.strip())
-        if match:
-            ref, tissue, cls, sev, x, y, r = match.groups()
-            findings.append(
-                dict(
-                    refnum=ref.lower(),
-                    tissue=tissue.upper(),
-                    **{"class": cls.upper()},
-                    severity=(sev or "").upper(),
-                    x=x or "",
-                    y=y or "",
-                    radius=r or "",
-                )
-            )
-    if not findings:
-        raise LabelsError(f"{info.name}: no 'mdbNNN tissue class ...' lines found")
-    return findings
-
-
-def mini_mias(src: Path) -> list[dict[str, str]]:
-    """mini-MIAS: Info.txt or labels_rows.csv; lesion circles in numpy rows (row = 1023 - y)."""
-    by_image: dict[str, list[dict]] = defaultdict(list)
-    for f in _mias_findings(src):
-        by_image[f["refnum"]].append(f)
-    out = []
-    for ref in sorted(by_image):
-        findings = by_image[ref]
-        normal = all(f["class"] == "NORM" for f in findings)
-        circles = [
-            {
-                "type": "circle",
-                "x": int(f["x"]),
-                "y": MIAS_SIZE - 1 - int(f["y"]),
-                "r": int(f["radius"]),
-            }
-            for f in findings
-            if f["x"] and f["y"] and f["radius"]
-        ]
-        lesions = "[]" if normal else json.dumps(circles) if len(circles) == len(findings) else ""
-        severities = {f["severity"] for f in findings}
-        out.append(
-            _row(
-                image=f"{ref}.png",
-                patient_id=mias_patient_id(ref),
-                laterality="R" if int(ref[3:]) % 2 else "L",  # odd = right, even = left
-                view="MLO",
-                density=findings[0]["tissue"],
-                birads="",
-                malignancy="" if normal else int("M" in severities),
-                abnormal=int(not normal),
-                lesions=lesions,
-                split="",
-                abnormality="|".join(sorted({f["class"] for f in findings})),
             )
         )
     return out

@@ -58,6 +58,45 @@ class SliceContrastLoss(nn.Module):
             + self._info_nce(student_b, teacher_a, negative_mask)
         )
 
+    def forward_patches(
+        self,
+        student_a: torch.Tensor,
+        student_b: torch.Tensor,
+        teacher_a: torch.Tensor,
+        teacher_b: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Patch-level variant on aligned patch tokens [B, N, P] of the two slices.
+
+        Token n of slice A and token n of slice B are positives; the other valid tokens of the same
+        image pair are negatives. `valid` (bool [B, N], e.g. tissue patches) keeps background
+        tokens out as anchors and as negatives. Same symmetric formula as `forward`, averaged over
+        valid anchor tokens.
+        """
+        if not student_a.shape == student_b.shape == teacher_a.shape == teacher_b.shape:
+            raise ConfigError("slice contrast: student and teacher patch tokens differ in shape")
+        return 0.5 * (
+            self._patch_info_nce(student_a, teacher_b, valid)
+            + self._patch_info_nce(student_b, teacher_a, valid)
+        )
+
+    def _patch_info_nce(
+        self, anchors: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None
+    ) -> torch.Tensor:
+        u = F.normalize(anchors.float(), dim=-1)
+        w = F.normalize(targets.detach().float(), dim=-1)
+        logits = u @ w.transpose(1, 2) / self.temperature  # [B, N, N]
+        b, n, _ = logits.shape
+        if valid is None:
+            valid = torch.ones(b, n, dtype=torch.bool, device=logits.device)
+        valid = valid.to(logits.device).bool()
+        eye = torch.eye(n, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(~(valid.unsqueeze(1) | eye), float("-inf"))
+        labels = torch.arange(n, device=logits.device).expand(b, n)
+        losses = F.cross_entropy(logits.reshape(b * n, n), labels.reshape(-1), reduction="none")
+        weights = valid.reshape(-1).float()
+        return (losses * weights).sum() / weights.sum().clamp(min=1.0)
+
     def _info_nce(
         self, anchors: torch.Tensor, targets: torch.Tensor, negative_mask: torch.Tensor | None
     ) -> torch.Tensor:

@@ -72,10 +72,12 @@ _HF_FUSED = {
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors / .pt / .pth file, or of `model.safetensors` in a folder."""
+    """Tensors of a .safetensors / .pt / .pth / .bin file, or of an HF folder's weights file."""
     path = Path(path)
     if path.is_dir():
-        path = path / "model.safetensors"
+        # HF folders: safetensors, else the older pytorch_model.bin.
+        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
+        path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise CheckpointError(f"{path.name}: weights file not found (give a file or an HF folder)")
     if path.suffix == ".safetensors":
@@ -290,6 +292,8 @@ def vit_from_weights(
         and (Path(source) / "config.json").is_file()
     ):
         hf_config = json.loads((Path(source) / "config.json").read_text())
+        # A timm export keeps the constructor arguments under model_args.
+        hf_config = {**hf_config, **hf_config.get("model_args", {})}
     raw = read_state_dict(source) if isinstance(source, str | Path) else source
     named = to_dinov2_names(raw, layout)
     kwargs = infer_vit_kwargs(named, {**(hf_config or {}), **overrides})

@@ -9,6 +9,7 @@ pixel). Coordinates refer to pixel centres, as `cv2.resize` does, so
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -67,6 +68,12 @@ def plan_geometry(
 ) -> CacheGeometry:
     """Geometry whose cached long side is `cache_size` (never enlarged past the original)."""
     x0, y0, x1, y1 = box
+    factor = min(1.0, cache_size / max(x1 - x0, y1 - y0))
+    # Trim the far margin so the crop is a multiple of the integer part of the reduction: the
+    # resize can then block-average first (fast) and stay exact. Trims fewer than k pixels.
+    k = max(1, math.floor(1.0 / factor))
+    if min(x1 - x0, y1 - y0) >= k:  # a sliver narrower than k keeps its size (exact 1-stage)
+        x1, y1 = x1 - (x1 - x0) % k, y1 - (y1 - y0) % k
     crop_w, crop_h = x1 - x0, y1 - y0
     factor = min(1.0, cache_size / max(crop_w, crop_h))
     out_w, out_h = max(1, round(crop_w * factor)), max(1, round(crop_h * factor))

@@ -6,6 +6,7 @@ an opening followed by keeping the largest connected component leaves them outsi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -30,12 +31,17 @@ class MaskResult:
 
 
 def downsample(pixels: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
-    """Area-averaged copy whose long side is at most `long_side`, and its scale factor."""
-    scale = min(1.0, long_side / max(pixels.shape))
-    if scale >= 1.0:
+    """Area-averaged copy by an integer factor so its long side is at most `long_side`.
+
+    An integer factor takes OpenCV's fast block-average path (several times faster than a
+    fractional INTER_AREA); the last rows/columns that do not fill a block are left out.
+    """
+    factor = math.ceil(max(pixels.shape) / long_side)
+    if factor <= 1:
         return pixels.astype(np.float32, copy=False), 1.0
-    size = (max(1, round(pixels.shape[1] * scale)), max(1, round(pixels.shape[0] * scale)))
-    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA), scale
+    rows, cols = pixels.shape[0] // factor, pixels.shape[1] // factor
+    block = pixels[: rows * factor, : cols * factor]
+    return cv2.resize(block, (cols, rows), interpolation=cv2.INTER_AREA), 1.0 / factor
 
 
 def _disk(radius: int) -> np.ndarray:

@@ -26,7 +26,9 @@ def lesion_contrast_by_slice(volume: np.ndarray, box: tuple[int, int, int, int])
     return top.mean(axis=1) - ring.mean(axis=1)
 
 
-def interior_rois(image: np.ndarray, tissue: np.ndarray, size: int, margin_px: int) -> list[np.ndarray]:
+def interior_rois(
+    image: np.ndarray, tissue: np.ndarray, size: int, margin_px: int
+) -> list[np.ndarray]:
     """Non-overlapping `size` x `size` windows lying wholly `margin_px` inside the tissue mask."""
     import cv2
 
@@ -39,7 +41,9 @@ def interior_rois(image: np.ndarray, tissue: np.ndarray, size: int, margin_px: i
     return rois
 
 
-def radial_power_spectrum(rois: list[np.ndarray], spacing_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def radial_power_spectrum(
+    rois: list[np.ndarray], spacing_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean radial power spectrum of square ROIs (plane removed, Hann window): (f cycles/mm, power)."""
     size = rois[0].shape[0]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)

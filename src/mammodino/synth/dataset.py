@@ -86,15 +86,23 @@ class Item:
 
 def plan(settings: SynthSettings) -> list[Item]:
     """Every item of the data set in output order."""
-    return [Item("FFDM", i) for i in range(settings.n_ffdm)] + [Item("DBT", i) for i in range(settings.n_dbt)]
+    return [Item("FFDM", i) for i in range(settings.n_ffdm)] + [
+        Item("DBT", i) for i in range(settings.n_dbt)
+    ]
 
 
 def build_case(item: Item, settings: SynthSettings) -> tuple[BreastCase, np.random.Generator]:
     """The breast of `item` and the generator its imaging draws from."""
     code = MODALITY_CODE[item.modality]
     side = 0 if item.laterality == "L" else 1
-    traits = draw_traits(np.random.default_rng([settings.seed, code, item.patient, side]), settings.lesion_fraction)
-    rng = np.random.default_rng([settings.seed, code, item.patient, side, 0 if item.view == "CC" else 1])
+    traits = draw_traits(
+        np.random.default_rng([settings.seed, code, item.patient]),
+        np.random.default_rng([settings.seed, code, item.patient, side]),
+        settings.lesion_fraction,
+    )
+    rng = np.random.default_rng(
+        [settings.seed, code, item.patient, side, 0 if item.view == "CC" else 1]
+    )
     return place_case(traits, item.laterality, item.view, FIELD_MM, rng), rng
 
 
@@ -112,11 +120,7 @@ def _patient_id(item: Item, settings: SynthSettings) -> str:
 
 def render_item(item: Item, settings: SynthSettings, out_dir: str) -> tuple[dict, list[dict]]:
     """Simulate `item`, write its DICOM file under `out_dir`; return its label and lesion rows."""
-    from threadpoolctl import threadpool_limits
-
-    # One BLAS thread per process: the batched DBT products crawl when threads oversubscribe.
-    with threadpool_limits(1):
-        case, sim = simulate(item, settings)
+    case, sim = simulate(item, settings)
     patient_id = _patient_id(item, settings)
     study_key = f"{settings.seed}:{item.modality}:{item.patient}"
     meta = DicomMeta(
@@ -137,10 +141,19 @@ def render_item(item: Item, settings: SynthSettings, out_dir: str) -> tuple[dict
         write_ffdm_dicom(path, sim.pixels, meta)
     else:
         write_dbt_dicom(path, sim.pixels, meta)
-    return _label_row(item, settings, case, sim, patient_id, study_key), _lesion_rows(item, sim.lesions)
+    return _label_row(item, settings, case, sim, patient_id, study_key), _lesion_rows(
+        item, sim.lesions
+    )
 
 
-def _label_row(item: Item, settings: SynthSettings, case: BreastCase, sim: Simulated, patient_id: str, study_key: str) -> dict:
+def _label_row(
+    item: Item,
+    settings: SynthSettings,
+    case: BreastCase,
+    sim: Simulated,
+    patient_id: str,
+    study_key: str,
+) -> dict:
     lesion = sim.lesions[0] if sim.lesions else None
     shapes = [{"type": "box", "x0": b.x0, "y0": b.y0, "x1": b.x1, "y1": b.y1} for b in sim.lesions]
     return {
@@ -194,7 +207,9 @@ def _lesion_rows(item: Item, boxes: list[LesionBox]) -> list[dict]:
     ]
 
 
-def _run_items(items: list[Item], settings: SynthSettings, out_dir: str, workers: int) -> Iterator[tuple[dict, list[dict]]]:
+def _run_items(
+    items: list[Item], settings: SynthSettings, out_dir: str, workers: int
+) -> Iterator[tuple[dict, list[dict]]]:
     if workers <= 1:
         for item in items:
             yield render_item(item, settings, out_dir)
@@ -217,7 +232,9 @@ def generate(
     items = plan(settings)
     labels: list[dict] = []
     lesions: list[dict] = []
-    for item, (label, rows) in zip(items, _run_items(items, settings, str(out), workers), strict=True):
+    for item, (label, rows) in zip(
+        items, _run_items(items, settings, str(out), workers), strict=True
+    ):
         labels.append(label)
         lesions.extend(rows)
         if on_item is not None:

@@ -14,11 +14,32 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import fft
+from threadpoolctl import threadpool_limits
 
-from mammodino.synth.ffdm import LesionBox, Simulated, field_spacing_mm, footprint_box, mirror, to_pixels
-from mammodino.synth.geometry import breast_mask, chord_mm, edge_distance_mm, pectoral_fraction, pixel_grid
+from mammodino.synth.ffdm import (
+    LesionBox,
+    Simulated,
+    field_spacing_mm,
+    footprint_box,
+    mirror,
+    to_pixels,
+)
+from mammodino.synth.geometry import (
+    breast_mask,
+    chord_mm,
+    edge_distance_mm,
+    pectoral_fraction,
+    pixel_grid,
+)
 from mammodino.synth.lesions import lesion_occupancy
-from mammodino.synth.phantom import MU_FAT, MU_GLAND, MU_MUSCLE, MU_SKIN, BreastCase, glandular_volume
+from mammodino.synth.phantom import (
+    MU_FAT,
+    MU_GLAND,
+    MU_MUSCLE,
+    MU_SKIN,
+    BreastCase,
+    glandular_volume,
+)
 
 PHOTONS_PER_MM2 = 9.0e5  # total over all views, unattenuated at the detector
 MU_WHITE = 0.115  # reconstructed mean attenuation (1/mm) shown at 1.0
@@ -34,7 +55,9 @@ class DbtSettings:
     cutoff_per_mm: float = 0.15  # frequency (cycles/mm) above which the filter passes fully
 
 
-def phantom_volume(case: BreastCase, shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, float, list[LesionBox]]:
+def phantom_volume(
+    case: BreastCase, shape: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, float, list[LesionBox]]:
     """Attenuation volume (1/mm) [slices, rows, cols], lateral spacing and lesion boxes (canonical)."""
     n_slices, rows, cols = shape
     geom = case.geometry
@@ -45,7 +68,9 @@ def phantom_volume(case: BreastCase, shape: tuple[int, int, int], rng: np.random
     gland, interior = glandular_volume(case, dist, x, spacing, n_slices, rng)
     dz = geom.thickness_mm / n_slices
     z = ((np.arange(n_slices, dtype=np.float32) + 0.5) * dz)[:, None, None]
-    breast = np.abs(z - 0.5 * geom.thickness_mm) < 0.5 * chord_mm(dist, 0.5 * geom.thickness_mm)[None]
+    breast = (
+        np.abs(z - 0.5 * geom.thickness_mm) < 0.5 * chord_mm(dist, 0.5 * geom.thickness_mm)[None]
+    )
     muscle = pectoral_fraction(geom, (rows, cols), spacing)[None] * interior
     volume = np.where(breast, np.float32(MU_SKIN), np.float32(0.0))
     volume[interior] = MU_FAT
@@ -56,7 +81,9 @@ def phantom_volume(case: BreastCase, shape: tuple[int, int, int], rng: np.random
     return volume, spacing, boxes
 
 
-def _insert_lesion(case: BreastCase, volume: np.ndarray, breast: np.ndarray, spacing: float, dz: float) -> LesionBox:
+def _insert_lesion(
+    case: BreastCase, volume: np.ndarray, breast: np.ndarray, spacing: float, dz: float
+) -> LesionBox:
     """Replace tissue by the lesion in place (masses) or add it (calcifications); return its box."""
     lesion = case.lesion
     cx, cy, cz = lesion.centre_mm
@@ -64,7 +91,9 @@ def _insert_lesion(case: BreastCase, volume: np.ndarray, breast: np.ndarray, spa
     n, rows, cols = volume.shape
 
     def bounds(centre: float, extent: float, step: float, size: int) -> tuple[int, int]:
-        return max(0, int((centre - extent) / step)), min(size, int(np.ceil((centre + extent) / step)) + 1)
+        return max(0, int((centre - extent) / step)), min(
+            size, int(np.ceil((centre + extent) / step)) + 1
+        )
 
     r0, r1 = bounds(cy, ey, spacing, rows)
     c0, c1 = bounds(cx, ex, spacing, cols)
@@ -85,13 +114,27 @@ def _insert_lesion(case: BreastCase, volume: np.ndarray, breast: np.ndarray, spa
     touched = np.flatnonzero(present.any(axis=(1, 2)))
     first, last = (s0 + int(touched[0]), s0 + int(touched[-1]) + 1) if len(touched) else (s0, s0)
     centre_slice = min(n - 1, int(cz / dz))
-    return LesionBox(lesion.kind, lesion.malignant, x0, y0, x1, y1, cx / spacing, cy / spacing, first, last, centre_slice)
+    return LesionBox(
+        lesion.kind,
+        lesion.malignant,
+        x0,
+        y0,
+        x1,
+        y1,
+        cx / spacing,
+        cy / spacing,
+        first,
+        last,
+        centre_slice,
+    )
 
 
 def _shift_phases(n_rows: int, shifts_px: np.ndarray) -> np.ndarray:
     """exp(-2 pi i f s) for rfft frequencies f along rows and shifts s [views, slices]: [F, V, S]."""
     freqs = fft.rfftfreq(n_rows).astype(np.float32)
-    return np.exp(-2j * np.pi * freqs[:, None, None] * shifts_px[None].astype(np.float32)).astype(np.complex64)
+    return np.exp(-2j * np.pi * freqs[:, None, None] * shifts_px[None].astype(np.float32)).astype(
+        np.complex64
+    )
 
 
 def _reconstruction_filter(n_rows: int, spacing_mm: float, settings: DbtSettings) -> np.ndarray:
@@ -100,8 +143,12 @@ def _reconstruction_filter(n_rows: int, spacing_mm: float, settings: DbtSettings
     large-scale content that shows in every slice), rolled off by a Hann window against noise."""
     f = fft.rfftfreq(n_rows, spacing_mm)
     nyquist = 0.5 / spacing_mm
-    high_pass = settings.low_gain + (1.0 - settings.low_gain) * (1.0 - np.exp(-((f / settings.cutoff_per_mm) ** 2)))
-    return (high_pass / settings.low_gain * 0.5 * (1.0 + np.cos(np.pi * f / nyquist))).astype(np.float32)
+    high_pass = settings.low_gain + (1.0 - settings.low_gain) * (
+        1.0 - np.exp(-((f / settings.cutoff_per_mm) ** 2))
+    )
+    return (high_pass / settings.low_gain * 0.5 * (1.0 + np.cos(np.pi * f / nyquist))).astype(
+        np.float32
+    )
 
 
 def simulate_dbt(
@@ -112,6 +159,19 @@ def simulate_dbt(
     settings: DbtSettings = DbtSettings(),
 ) -> Simulated:
     """A reconstructed DBT volume [slices, rows, cols] of `case` with its lesion boxes and slices."""
+    # The batched products are many small matrices: BLAS threads only fight (10-50x slower on a
+    # busy machine), so one thread it is; parallelism comes from processes (dataset.generate).
+    with threadpool_limits(1):
+        return _simulate_dbt(case, shape, rng, bits, settings)
+
+
+def _simulate_dbt(
+    case: BreastCase,
+    shape: tuple[int, int, int],
+    rng: np.random.Generator,
+    bits: int,
+    settings: DbtSettings,
+) -> Simulated:
     volume, spacing, boxes = phantom_volume(case, shape, rng)
     n_slices, rows, cols = volume.shape
     thickness = case.geometry.thickness_mm

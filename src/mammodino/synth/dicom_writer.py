@@ -16,14 +16,19 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 FFDM_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.2"
 DBT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.13.1.3"
 MANUFACTURER = "mammodino-synth"
 # SNOMED CT view codes (DICOM CID 4014) and the patient orientation of each laterality/view.
 VIEW_CODES = {"CC": ("399162004", "cranio-caudal"), "MLO": ("399368009", "medio-lateral oblique")}
-PATIENT_ORIENTATION = {("L", "CC"): "A\\R", ("R", "CC"): "P\\L", ("L", "MLO"): "A\\FR", ("R", "MLO"): "P\\FL"}
+PATIENT_ORIENTATION = {
+    ("L", "CC"): "A\\R",
+    ("R", "CC"): "P\\L",
+    ("L", "MLO"): "A\\FR",
+    ("R", "MLO"): "P\\FL",
+}
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,9 @@ def _base_dataset(meta: DicomMeta, sop_class: str, pixels: np.ndarray) -> Datase
     ds.PatientBirthDate = ""
     ds.PatientSex = "F"
     ds.StudyInstanceUID = derived_uid("study:" + meta.study_key)
-    ds.SeriesInstanceUID = derived_uid(f"series:{meta.study_key}:{meta.series_number}:{meta.laterality}{meta.view}")
+    ds.SeriesInstanceUID = derived_uid(
+        f"series:{meta.study_key}:{meta.series_number}:{meta.laterality}{meta.view}"
+    )
     ds.FrameOfReferenceUID = derived_uid(f"frame:{meta.instance_key}")
     ds.StudyID = meta.study_key[-8:]
     ds.AccessionNumber = ""

@@ -7,6 +7,7 @@ glandular volume summed over z and upsampled, lesions from their analytic path l
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -20,11 +21,18 @@ from mammodino.synth.geometry import (
     pixel_grid,
 )
 from mammodino.synth.lesions import lesion_path_lengths
-from mammodino.synth.phantom import MU_FAT, MU_GLAND, MU_MUSCLE, MU_SKIN, BreastCase, glandular_volume
+from mammodino.synth.phantom import (
+    MU_FAT,
+    MU_GLAND,
+    MU_MUSCLE,
+    MU_SKIN,
+    BreastCase,
+    glandular_volume,
+)
 
 FIELD_MM = (204.8, 160.0)  # detector field (rows, cols); 1024 x 800 pixels of 0.2 mm
 COARSE_MM = 0.4  # lateral voxel of the glandular volume
-COARSE_SLICES = 16
+COARSE_SLICES = 12
 PHOTONS_PER_MM2 = 6.0e5  # unattenuated fluence reaching the detector (sets quantum noise)
 MU_T_WHITE = 5.4  # mu*t shown at 1.0 (about 65 mm of glandular tissue)
 DETECTOR_BLUR_MM = 0.1
@@ -69,17 +77,19 @@ def footprint_box(footprint: np.ndarray, row0: int, col0: int) -> tuple[int, int
     cols = np.flatnonzero(footprint.any(axis=0))
     if len(rows) == 0:
         return col0, row0, col0, row0
-    return col0 + int(cols[0]), row0 + int(rows[0]), col0 + int(cols[-1]) + 1, row0 + int(rows[-1]) + 1
+    return (
+        col0 + int(cols[0]),
+        row0 + int(rows[0]),
+        col0 + int(cols[-1]) + 1,
+        row0 + int(rows[-1]) + 1,
+    )
 
 
 def mirror(sim: Simulated) -> Simulated:
     """The same image mirrored left-right (right breasts: chest wall on the right)."""
     width = sim.pixels.shape[-1]
     boxes = [
-        LesionBox(
-            b.kind, b.malignant, width - b.x1, b.y0, width - b.x0, b.y1, width - b.centre_x,
-            b.centre_y, b.slice_start, b.slice_end, b.centre_slice,
-        )
+        dataclasses.replace(b, x0=width - b.x1, x1=width - b.x0, centre_x=width - b.centre_x)
         for b in sim.lesions
     ]
     pixels = np.ascontiguousarray(sim.pixels[..., ::-1])
@@ -131,8 +141,8 @@ def simulate_ffdm(
     sigma = 1.0 / np.sqrt(photons * np.exp(-mu_t))
     log_signal = mu_t + sigma * rng.standard_normal(shape, dtype=np.float32)
     gain = rng.uniform(0.95, 1.05)  # per-image processing differences
-    sim = Simulated(to_pixels(log_signal * np.float32(gain), MU_T_WHITE, bits), spacing, boxes)
-    sim.thickness_mm = geom.thickness_mm
+    pixels = to_pixels(log_signal * np.float32(gain), MU_T_WHITE, bits)
+    sim = Simulated(pixels, spacing, boxes, thickness_mm=geom.thickness_mm)
     return mirror(sim) if case.laterality == "R" else sim
 
 
@@ -148,7 +158,9 @@ def _add_lesion(
     c0 = max(0, int((cx - ex) / spacing))
     c1 = min(mu_t.shape[1], int(np.ceil((cx + ex) / spacing)) + 1)
     x, y = pixel_grid((r1 - r0, c1 - c0), spacing)
-    length, calc = lesion_path_lengths(lesion, x + np.float32(c0 * spacing), y + np.float32(r0 * spacing))
+    length, calc = lesion_path_lengths(
+        lesion, x + np.float32(c0 * spacing), y + np.float32(r0 * spacing)
+    )
     window = (slice(r0, r1), slice(c0, c1))
     length = np.minimum(length, interior[window])
     # The mass displaces the local mix of fat and gland seen along the ray through its centre.

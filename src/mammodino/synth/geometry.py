@@ -32,7 +32,9 @@ class BreastGeometry:
     pectoral_bulge: float = 0.0  # MLO: convexity of the muscle edge
 
 
-def draw_geometry(view: str, field_mm: tuple[float, float], rng: np.random.Generator) -> BreastGeometry:
+def draw_geometry(
+    view: str, field_mm: tuple[float, float], rng: np.random.Generator
+) -> BreastGeometry:
     """A random but plausible breast outline for `view` ('CC' or 'MLO') on a detector field."""
     height, width = field_mm
     depth = width * rng.uniform(0.55, 0.85)
@@ -41,7 +43,9 @@ def draw_geometry(view: str, field_mm: tuple[float, float], rng: np.random.Gener
     if view == "CC":
         half = height * rng.uniform(0.30, 0.44)
         centre = height * rng.uniform(0.47, 0.53)
-        return BreastGeometry(view, field_mm, depth, half, centre, thickness, rng.uniform(1.2, 2.0), harmonics)
+        return BreastGeometry(
+            view, field_mm, depth, half, centre, thickness, rng.uniform(1.2, 2.0), harmonics
+        )
     half = height * rng.uniform(0.32, 0.42)
     centre = height * rng.uniform(0.52, 0.60)
     return BreastGeometry(
@@ -102,7 +106,9 @@ def chord_mm(distance_mm: np.ndarray, radius_mm: float) -> np.ndarray:
     return (2.0 * np.sqrt(d * (2.0 * radius_mm - d))).astype(np.float32)
 
 
-def pectoral_fraction(geom: BreastGeometry, shape: tuple[int, int], spacing_mm: float) -> np.ndarray:
+def pectoral_fraction(
+    geom: BreastGeometry, shape: tuple[int, int], spacing_mm: float
+) -> np.ndarray:
     """Share of the breast thickness taken by pectoral muscle (0 outside, 1 deep inside)."""
     if geom.pectoral_top_mm <= 0:
         return np.zeros(shape, dtype=np.float32)

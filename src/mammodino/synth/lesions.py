@@ -15,7 +15,7 @@ import numpy as np
 LESION_TYPES = ("circumscribed_mass", "spiculated_mass", "calcification_cluster")
 MU_MASS_BENIGN = 0.088
 MU_MASS_MALIGNANT = 0.092
-MU_CALCIFICATION = 1.5
+MU_CALCIFICATION = 1.2
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class Lesion:
         return (reach, reach, reach)
 
 
-def draw_lesion(kind: str, centre_mm: tuple[float, float, float], rng: np.random.Generator) -> Lesion:
+def draw_lesion(
+    kind: str, centre_mm: tuple[float, float, float], rng: np.random.Generator
+) -> Lesion:
     """A random lesion of `kind` (one of LESION_TYPES) centred at `centre_mm`."""
     if kind == "circumscribed_mass":
         r = rng.uniform(3.0, 7.5)
@@ -71,7 +73,7 @@ def draw_lesion(kind: str, centre_mm: tuple[float, float, float], rng: np.random
         # Malignant clusters: more, smaller, more varied specks (fine pleomorphic); benign: fewer,
         # larger, rounder ones.
         n = int(rng.integers(10, 26)) if malignant else int(rng.integers(4, 11))
-        sizes = rng.uniform(0.08, 0.22, n) if malignant else rng.uniform(0.15, 0.35, n)
+        sizes = rng.uniform(0.12, 0.25, n) if malignant else rng.uniform(0.18, 0.35, n)
         spread = rng.uniform(2.0, 5.0)
         offsets = rng.standard_normal((n, 3)) * spread / 2.0
         offsets[:, 2] *= 0.6
@@ -150,7 +152,9 @@ def lesion_occupancy(
             # Specks smaller than a voxel are spread over about one voxel, keeping their mu*volume.
             s_xy = max(0.7 * r, 0.5 * lateral_mm)
             s_z = max(0.7 * r, 0.5 * slice_mm)
-            g = np.exp(-((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * s_xy**2) - (dz - oz) ** 2 / (2 * s_z**2))
+            g = np.exp(
+                -((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * s_xy**2) - (dz - oz) ** 2 / (2 * s_z**2)
+            )
             calc += (MU_CALCIFICATION * volume / ((2 * np.pi) ** 1.5 * s_xy**2 * s_z)) * g
         return occupancy, calc
     a, b, c = lesion.radii_mm

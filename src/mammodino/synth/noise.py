@@ -9,7 +9,9 @@ from scipy import fft
 
 
 @lru_cache(maxsize=8)
-def _amplitude_filter(shape: tuple[int, ...], spacing_mm: tuple[float, ...], beta: float) -> np.ndarray:
+def _amplitude_filter(
+    shape: tuple[int, ...], spacing_mm: tuple[float, ...], beta: float
+) -> np.ndarray:
     """|f|^(-beta/2) on the rfftn grid of `shape`, with the DC term set to zero."""
     axes = [fft.fftfreq(n, d) for n, d in zip(shape[:-1], spacing_mm[:-1], strict=True)]
     axes.append(fft.rfftfreq(shape[-1], spacing_mm[-1]))

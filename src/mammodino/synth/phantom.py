@@ -29,9 +29,9 @@ MU_GLAND = 0.0802
 MU_SKIN = 0.080
 MU_MUSCLE = 0.081
 DENSITY_CLASSES = ("a", "b", "c", "d")
-# Volumetric glandular fraction of the breast interior per ACR class. The ranges overlap at their
-# borders because readers disagree there; the class is what a reader would have said.
-GLAND_FRACTION = {"a": (0.04, 0.16), "b": (0.13, 0.31), "c": (0.27, 0.50), "d": (0.45, 0.72)}
+# Volumetric glandular fraction of the breast interior per ACR class (adjacent ranges: the class
+# follows from the fraction, but thickness, exposure and texture blur it in the image).
+GLAND_FRACTION = {"a": (0.03, 0.14), "b": (0.14, 0.30), "c": (0.30, 0.50), "d": (0.50, 0.75)}
 TEXTURE_BETA = 3.0
 TEXTURE_WIDTH = 0.12  # width of the soft threshold, in noise standard deviations (partial volume)
 
@@ -60,15 +60,21 @@ class BreastCase:
         return self.geometry.view
 
 
-def draw_traits(rng: np.random.Generator, lesion_fraction: float) -> BreastTraits:
-    """Density class (uniform over a-d), glandular fraction and an optional lesion shape."""
-    density = DENSITY_CLASSES[int(rng.integers(0, 4))]
+def draw_traits(
+    patient_rng: np.random.Generator, breast_rng: np.random.Generator, lesion_fraction: float
+) -> BreastTraits:
+    """Density class (uniform over a-d) and glandular fraction of the patient (both breasts
+    alike, within a few percent), and an optional lesion shape of this breast."""
+    density = DENSITY_CLASSES[int(patient_rng.integers(0, 4))]
     low, high = GLAND_FRACTION[density]
+    gland_fraction = float(
+        np.clip(patient_rng.uniform(low, high) * breast_rng.uniform(0.93, 1.07), 0.02, 0.8)
+    )
     lesion = None
-    if rng.random() < lesion_fraction:
-        kind = LESION_TYPES[int(rng.integers(0, len(LESION_TYPES)))]
-        lesion = draw_lesion(kind, (0.0, 0.0, 0.0), rng)
-    return BreastTraits(density, float(rng.uniform(low, high)), lesion)
+    if breast_rng.random() < lesion_fraction:
+        kind = LESION_TYPES[int(breast_rng.integers(0, len(LESION_TYPES)))]
+        lesion = draw_lesion(kind, (0.0, 0.0, 0.0), breast_rng)
+    return BreastTraits(density, gland_fraction, lesion)
 
 
 def place_case(
@@ -120,7 +126,9 @@ def glandular_volume(
     half_interior = 0.5 * chord_mm(dist_mm - geom.skin_mm, 0.5 * t - geom.skin_mm)
     height = np.abs(z - 0.5 * t)
     interior = height < half_interior[None]
-    field = power_law_noise((n_slices, *dist_mm.shape), (dz, spacing_mm, spacing_mm), TEXTURE_BETA, rng)
+    field = power_law_noise(
+        (n_slices, *dist_mm.shape), (dz, spacing_mm, spacing_mm), TEXTURE_BETA, rng
+    )
     # Envelope (in noise std): fat under the skin, behind the gland (near the chest wall) and near
     # the top and bottom of the compressed breast; the glandular cone fills the centre.
     lateral = np.clip(dist_mm / 15.0, 0.0, 1.0) - 1.0 - np.clip(1.0 - x_mm / 12.0, 0.0, 1.0)

@@ -37,7 +37,7 @@ from mammodino.train.checkpoint import (
     restore_rng_state,
 )
 from mammodino.train.ema import ema_update
-from mammodino.train.meta_arch import LOSS_KEYS, MammoDINO
+from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
 from mammodino.train.monitor import KNNMonitor
 from mammodino.train.param_groups import apply_schedules, build_optimizer, build_param_groups
@@ -181,9 +181,8 @@ class Trainer:
                 last = self.step == self.stop_step or timed_out
                 extra = self._probe() if self._probe_due(last) else {}
                 if (log_every and self.step % log_every == 0) or last or extra:
-                    record = self._log(values, window, extra)
-                    bar.update(self.step, record.get("loss"), record.get("samples_per_s"))
-                    window = []
+                    record, window = self._log(values, window, extra), []
+                bar.update(self.step, record.get("loss"), record.get("samples_per_s"))
                 if ckpt_every and self.step % ckpt_every == 0 and not last:
                     self.save()
                 if timed_out:
@@ -196,7 +195,7 @@ class Trainer:
     ) -> StepResult:
         """One optimiser step over accumulated micro-batches, then the teacher EMA update."""
         student, n = self.model.student, len(micro_batches)
-        sums = dict.fromkeys(LOSS_KEYS, 0.0)
+        sums: dict[str, float] = {}
         for batch in micro_batches:
             batch = {
                 k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
@@ -205,9 +204,12 @@ class Trainer:
             with self._autocast():
                 losses = self.model(batch, values["teacher_temp"])
             self.scaler.scale(losses["loss"] / n).backward()
-            for key in sums:
-                sums[key] += float(losses[key].detach()) / n
+            # Every `loss` / `loss/<term>` the model returns is logged (issue 5 adds loss/slice).
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) / n
         bad_terms = [k for k, v in sums.items() if not math.isfinite(v) and k != "loss"]
+        if not bad_terms and not math.isfinite(sums["loss"]):
+            bad_terms = ["loss"]  # finite terms, non-finite weighted sum (an inf weight)
         grad_norm = float("nan")
         if not bad_terms:
             self.scaler.unscale_(self.optimizer)
@@ -339,7 +341,7 @@ class Trainer:
         good = [r for r, _ in window if not r.skipped]
         record: dict[str, Any] = {"step": self.step}
         if good:
-            record.update({k: float(np.mean([r.losses[k] for r in good])) for k in LOSS_KEYS})
+            record.update({k: float(np.mean([r.losses[k] for r in good])) for k in good[0].losses})
             record["grad_norm"] = float(np.mean([r.grad_norm for r in good]))
         seconds = sum(s for _, s in window)
         record.update(

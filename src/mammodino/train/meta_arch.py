@@ -25,8 +25,6 @@ from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
 from mammodino.models.vit import build_vit
 
-LOSS_KEYS = ("loss", "loss/dino", "loss/ibot", "loss/koleo")
-
 
 def build_backbone(cfg: Any) -> nn.Module:
     """The student ViT of `cfg.model` at the global crop size."""

@@ -1,0 +1,118 @@
+"""The cross-slice objective of tomosynthesis (METHOD.md section 4) as one training step part.
+
+`SliceObjective` holds the student and teacher projection heads and `SliceContrastLoss`. Its
+`forward(student_backbone, teacher_backbone, batch)` runs both backbones on the batch's aligned
+slice pairs (`batch["slice_pairs"]` [2, P, 1, S, S] from data/collate.py) and returns the
+symmetric InfoNCE between the student's projected CLS of one slice and the teacher's projected
+CLS of the other. Negatives are the pairs of other volumes in the batch, plus slices of the same
+volume farther apart than `dbt.negative_gap_mm` when that is set. With `dbt.patch_level` the same
+loss also aligns corresponding patch tokens (same box and flip: token n of slice k lies over
+token n of slice k + d), negatives being the tokens of other volumes.
+
+The teacher head follows the student head by EMA exactly like the rest of the teacher: `attach`
+registers the heads as `student["slice_head"]` and `teacher["slice_head"]` of the meta
+architecture, and `train/ema.py:ema_update` walks every named parameter of the student, so the
+same update (same momentum schedule) reaches the head; optimiser groups and checkpoints pick it
+up the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from mammodino.errors import ConfigError
+from mammodino.losses.slice_contrast import SliceContrastLoss, slice_negative_mask
+from mammodino.models.heads import ProjectionHead
+
+HEAD_NAME = "slice_head"
+
+
+class SliceObjective(nn.Module):
+    """Student/teacher projection heads and the cross-slice InfoNCE of a batch's slice pairs."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        proj_dim: int = 256,
+        hidden_dim: int = 2048,
+        temperature: float = 0.1,
+        negative_gap_mm: float | None = None,
+        patch_level: bool = False,
+    ) -> None:
+        super().__init__()
+        if negative_gap_mm is not None and negative_gap_mm <= 0:
+            raise ConfigError(f"dbt.negative_gap_mm must be positive or null, got {negative_gap_mm}")
+        self.student_head = ProjectionHead(embed_dim, proj_dim, hidden_dim)
+        # The teacher head starts as an exact copy and only ever changes by EMA.
+        self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
+        self.loss = SliceContrastLoss(temperature)
+        self.negative_gap_mm = negative_gap_mm
+        self.patch_level = bool(patch_level)
+
+    @classmethod
+    def from_cfg(cls, cfg: Any, embed_dim: int) -> SliceObjective:
+        """From `cfg.dbt` (proj_dim, proj_hidden_dim, temperature, negative_gap_mm, patch_level)."""
+        dbt = cfg["dbt"]
+        gap = dbt.get("negative_gap_mm")
+        return cls(
+            embed_dim,
+            proj_dim=int(dbt.get("proj_dim", 256)),
+            hidden_dim=int(dbt.get("proj_hidden_dim", 2048)),
+            temperature=float(dbt.get("temperature", 0.1)),
+            negative_gap_mm=float(gap) if gap is not None else None,
+            patch_level=bool(dbt.get("patch_level", False)),
+        )
+
+    def attach(self, student: nn.ModuleDict, teacher: nn.ModuleDict) -> None:
+        """Register the heads in the meta architecture so EMA, optimiser and checkpoints see them."""
+        student[HEAD_NAME] = self.student_head
+        teacher[HEAD_NAME] = self.teacher_head
+
+    def forward(
+        self, student_backbone: nn.Module, teacher_backbone: nn.Module, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """Scalar cross-slice loss of the batch's P slice pairs (0, still in the graph, if P < 2)."""
+        pairs = batch["slice_pairs"]
+        n_pairs = pairs.shape[1]
+        if n_pairs < 2:
+            # One pair has no negative; a zero tied to the head keeps every rank's graph alike (DDP).
+            return sum(p.sum() for p in self.student_head.parameters()) * 0.0
+        crops = pairs.flatten(0, 1)  # [2P, 1, S, S]: all first slices, then all second slices
+        student = student_backbone.forward_features(crops)
+        with torch.no_grad():
+            teacher = teacher_backbone.forward_features(crops)
+        volumes = batch["slice_volume"].to(crops.device)
+        positions = batch["slice_position_mm"].to(crops.device)
+        negatives = slice_negative_mask(volumes, positions, self.negative_gap_mm)
+        loss = self._pair_loss(student["x_norm_clstoken"], teacher["x_norm_clstoken"], negatives)
+        if self.patch_level:
+            loss = loss + self._patch_loss(
+                student["x_norm_patchtokens"], teacher["x_norm_patchtokens"], volumes
+            )
+        return loss
+
+    def _pair_loss(
+        self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """InfoNCE of features [2P, D] (first slices, then second slices) through the heads."""
+        with torch.no_grad():
+            teacher_proj = self.teacher_head(teacher)
+        student_a, student_b = self.student_head(student).chunk(2)
+        teacher_a, teacher_b = teacher_proj.chunk(2)
+        return self.loss(student_a, student_b, teacher_a, teacher_b, negatives)
+
+    def _patch_loss(
+        self, student: torch.Tensor, teacher: torch.Tensor, volumes: torch.Tensor
+    ) -> torch.Tensor:
+        """InfoNCE of corresponding patch tokens [2P, N, D]; negatives: other volumes' tokens."""
+        n_tokens = student.shape[1]
+        token_volumes = volumes.repeat_interleave(n_tokens)
+        negatives = slice_negative_mask(token_volumes, token_volumes.float())
+        # Rows ordered (pair, token) for both slices, so row i of A corresponds to row i of B.
+        student_rows = student.flatten(0, 1)
+        teacher_rows = teacher.flatten(0, 1)
+        return self._pair_loss(student_rows, teacher_rows, negatives)

@@ -1,0 +1,207 @@
+"""Mixed FFDM + DBT data: volumes from the manifest, tissue range, aligned pairs, batch quota."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from mammodino.config import load_config
+from mammodino.data.collate import collate_pretrain
+from mammodino.data.dataset import PretrainDataset, build_pretrain_dataset
+from mammodino.data.dbt_dataset import MixedPretrainDataset, split_manifest
+from mammodino.data.dbt_pairs import tissue_slice_range
+from mammodino.data.mixed_sampler import DBT, FFDM, MixedSampler, decode_key
+from mammodino.errors import ConfigError
+
+TINY = [
+    "crops.global_size=32",
+    "crops.local_size=16",
+    "crops.n_local=2",
+    "model.patch_size=8",
+    "masking.min_tissue_patches=2",
+]
+NO_INTENSITY = [
+    f"augment.{key}=0.0"
+    for key in ("brightness_p", "contrast_p", "gamma_p", "window_p", "blur_p_local", "noise_p")
+] + ["augment.blur_p_global=[0.0]", "augment.solarize_p=0.0"]
+# Slice profile of the synthetic volumes: haze, tissue (slices 2..8), haze.
+CONTRAST = [0.05, 0.1, 0.6, 0.8, 1.0, 1.0, 0.9, 0.8, 0.6, 0.1, 0.05]
+SPACING_MM = 0.5
+COLUMNS = ["id", "image", "mask", "volume_id", "slice_index", "slice_count", "slice_spacing_mm"]
+
+
+def breast(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Texture in a half disc against the left edge (float 0..1) and its 0/255 mask."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:height, :width]
+    mask = ((rows - height / 2) ** 2 + cols**2) < (0.45 * height) ** 2
+    texture = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 2)
+    return np.where(mask, texture, 0.0), (mask * 255).astype(np.uint8)
+
+
+def write_mixed_cache(folder: Path, n_ffdm: int = 3, n_volumes: int = 2) -> Path:
+    """A cache like prepare writes: FFDM rows plus DBT volumes stored slice-wise, one mask each."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rows = []
+    for i in range(n_ffdm):
+        texture, mask = breast(64, 48, seed=i)
+        cv2.imwrite(str(folder / f"images/f{i}.png"), (10000 + 40000 * texture).astype(np.uint16))
+        cv2.imwrite(str(folder / f"masks/f{i}.png"), mask)
+        rows.append({"id": f"f{i}", "image": f"images/f{i}.png", "mask": f"masks/f{i}.png"})
+    for v in range(n_volumes):
+        texture, mask = breast(64, 48, seed=100 + v)
+        cv2.imwrite(str(folder / f"masks/v{v}.png"), mask)
+        for z, level in enumerate(CONTRAST):
+            # Every slice is the same texture plus a constant: aligned crops differ by a constant.
+            image = np.where(mask > 0, 2000 + 50000 * level + 8000 * texture, 1000)
+            name = f"images/v{v}-{z:03d}.png"
+            cv2.imwrite(str(folder / name), image.astype(np.uint16))
+            rows.append(
+                {
+                    "id": f"v{v}-{z:03d}",
+                    "image": name,
+                    "mask": f"masks/v{v}.png",
+                    "volume_id": f"v{v}",
+                    "slice_index": z,
+                    "slice_count": len(CONTRAST),
+                    "slice_spacing_mm": SPACING_MM,
+                }
+            )
+    with (folder / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return folder
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    return write_mixed_cache(tmp_path / "cache")
+
+
+def mixed(cache: Path, *overrides: str) -> MixedPretrainDataset:
+    cfg = load_config(
+        overrides=[f"data.source={cache}", "data.dbt_fraction=0.5", *TINY, *overrides]
+    )
+    dataset = build_pretrain_dataset(cfg)
+    assert isinstance(dataset, MixedPretrainDataset)
+    return dataset
+
+
+def test_manifest_rows_group_into_ordered_volumes(cache):
+    images, volumes = split_manifest(cache)
+    assert [r.id for r in images] == ["f0", "f1", "f2"]
+    assert [v.id for v in volumes] == ["v0", "v1"]
+    assert [p.name for p in volumes[0].slices] == [f"v0-{z:03d}.png" for z in range(11)]
+    assert volumes[0].spacing_mm == SPACING_MM
+
+
+def test_tissue_slice_range():
+    assert tissue_slice_range(CONTRAST, 0.5) == (2, 8)
+    assert tissue_slice_range(CONTRAST, 0.95) == (4, 5)
+    assert tissue_slice_range([0.0, 0.0, 0.0]) == (0, 2)  # unknown: every slice
+    # Only the run around the peak counts, not a second bright island.
+    assert tissue_slice_range([1.0, 0.1, 0.9, 0.8], 0.5) == (0, 0)
+
+
+def test_dataset_finds_the_tissue_bearing_slices(cache):
+    dataset = mixed(cache)
+    assert dataset.slice_range(0) == (2, 8)
+    assert mixed(cache, "dbt.tissue_threshold=0.99").slice_range(1) == (4, 5)
+
+
+def test_pair_offsets_within_d_max_in_mm_and_inside_the_range(cache):
+    dataset = mixed(cache, "dbt.d_max_mm=1.5")  # 3 slices at 0.5 mm
+    offsets = set()
+    for epoch in range(60):
+        sample = dataset.volume_item(epoch % 2, epoch)
+        offset, position = sample["slice_offset_mm"], sample["slice_position_mm"]
+        assert 1 <= abs(offset) / SPACING_MM <= 3 and abs(offset) <= 1.5 + 1e-9
+        for z in (position / SPACING_MM, (position + offset) / SPACING_MM):
+            assert 2 <= round(z) <= 8
+        offsets.add(round(offset / SPACING_MM))
+    assert offsets == {-3, -2, -1, 1, 2, 3}
+
+
+def test_pair_crops_share_one_box_and_get_their_own_intensities(cache):
+    plain = mixed(cache, *NO_INTENSITY).volume_item(0, 0)
+    first, second = plain["slice_pair"][0, 0], plain["slice_pair"][1, 0]
+    assert plain["slice_pair"].shape == (2, 1, 32, 32)
+    tissue = first > 0.05  # background is 1000 / 65535 in both slices
+    difference = (second - first)[tissue]
+    # Same texture under the same box: the slices differ only by their constant level.
+    expected = 50000 * (CONTRAST[round(plain["slice_offset_mm"] / SPACING_MM) + 0] * 0 + 1) / 65535
+    assert difference.std().item() < 1e-4
+    assert abs(difference.mean().item()) <= expected
+    augmented = mixed(cache).volume_item(0, 0)
+    assert augmented["slice_offset_mm"] == plain["slice_offset_mm"]
+    assert not torch.allclose(augmented["slice_pair"][0], plain["slice_pair"][0])
+    # The multi-crop sample of slice k is the usual one: DBT takes part in DINO, iBOT and KoLeo.
+    assert plain["global_crops"].shape == (2, 1, 32, 32)
+    assert plain["local_crops"].shape == (2, 1, 16, 16)
+
+
+def test_pair_size_and_items_are_deterministic(cache):
+    dataset = mixed(cache, "dbt.pair_size=16")
+    a, b = dataset.volume_item(1, 3), dataset.volume_item(1, 3)
+    assert a["slice_pair"].shape == (2, 1, 16, 16)
+    assert torch.equal(a["slice_pair"], b["slice_pair"])
+    assert torch.equal(a["global_crops"], b["global_crops"])
+    assert a["index"] == 3 + 1 and a["slice_volume"] == 1
+    with pytest.raises(ConfigError, match="pair_size"):
+        mixed(cache, "dbt.pair_size=20")
+
+
+def test_sampler_gives_every_batch_its_dbt_quota_and_resumes(cache):
+    dataset = mixed(cache)
+    sampler = dataset.mixed_sampler(batch_size=4, seed=0)
+    keys = [sampler.key_at(p) for p in range(40)]
+    for batch in range(10):
+        kinds = [decode_key(k)[0] for k in keys[4 * batch : 4 * batch + 4]]
+        assert kinds == [FFDM, FFDM, DBT, DBT]
+    stream = iter(dataset.mixed_sampler(batch_size=4, seed=0, start_index=16))
+    assert [next(stream) for _ in range(8)] == keys[16:24]
+    # Each kind visits all its items once per epoch of its own.
+    ffdm = [decode_key(k)[1] for k in keys if decode_key(k)[0] == FFDM][:6]
+    assert sorted(k % 3 for k in ffdm[:3]) == [0, 1, 2] and sorted(ffdm[3:6]) == [3, 4, 5]
+
+
+def test_sampler_quota_holds_on_every_rank():
+    ranks = [MixedSampler(10, 4, 4, 1, seed=2, rank=r, world_size=2) for r in range(2)]
+    streams = [iter(s) for s in ranks]
+    for _ in range(5):
+        batches = [[next(s) for _ in range(4)] for s in streams]
+        for batch in batches:
+            assert [decode_key(k)[0] for k in batch] == [FFDM, FFDM, FFDM, DBT]
+        assert len(set(batches[0]) & set(batches[1])) == 0
+
+
+def test_collate_adds_slice_pairs_and_handles_none(cache):
+    dataset = mixed(cache)
+    sampler = dataset.mixed_sampler(batch_size=4, seed=0)
+    batch = collate_pretrain([dataset[sampler.key_at(p)] for p in range(4)])
+    assert batch["slice_pairs"].shape == (2, 2, 1, 32, 32)
+    assert batch["slice_pairs"].dtype == torch.float32
+    assert batch["slice_volume"].dtype == torch.int64 and batch["slice_volume"].shape == (2,)
+    assert batch["slice_offset_mm"].shape == (2,) and batch["global_crops"].shape == (8, 1, 32, 32)
+    ffdm_only = collate_pretrain([dataset[0], dataset[2]])
+    assert ffdm_only["slice_pairs"].shape == (2, 0, 1, 32, 32)
+    assert ffdm_only["slice_volume"].numel() == 0
+
+
+def test_fraction_zero_keeps_slices_as_plain_images_and_bad_fractions_fail(cache, tmp_path):
+    cfg = load_config(overrides=[f"data.source={cache}", *TINY])
+    plain = build_pretrain_dataset(cfg)
+    assert isinstance(plain, PretrainDataset) and len(plain) == 3 + 2 * 11
+    dbt_only = write_mixed_cache(tmp_path / "dbt_only", n_ffdm=0)
+    with pytest.raises(ConfigError, match="dbt_fraction=1"):
+        mixed(dbt_only)
+    assert len(mixed(dbt_only, "data.dbt_fraction=1.0")) == 2
+    with pytest.raises(ConfigError, match="dbt_fraction"):
+        mixed(cache, "data.dbt_fraction=1.5")

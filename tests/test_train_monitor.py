@@ -1,0 +1,39 @@
+"""The online k-NN monitor: hand-checked votes, patient exclusion, balanced accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mammodino.train.monitor import knn_balanced_accuracy, square_thumbnail
+
+
+def test_knn_separable_classes_score_one():
+    features = np.array([[1, 0.1], [1, 0.0], [1, -0.1], [0.1, 1], [0, 1], [-0.1, 1]], float)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    groups = np.arange(6).astype(str)
+    assert knn_balanced_accuracy(features, labels, groups, k=2) == 1.0
+
+
+def test_same_patient_neighbours_are_excluded():
+    # Images 0 and 1 are one patient's two breasts: identical features, label 0. Without the
+    # exclusion each would vote for the other and score 1; with it, both see only class 1.
+    features = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    labels = np.array([0, 0, 1, 1])
+    groups = np.array(["p1", "p1", "p2", "p3"])
+    assert knn_balanced_accuracy(features, labels, groups, k=1) == pytest.approx(0.5)
+    assert knn_balanced_accuracy(features, labels, np.array(["a", "b", "c", "d"]), k=1) == 1.0
+
+
+def test_balanced_accuracy_weighs_classes_equally():
+    # 4 of class 0 all right, 1 of class 1 wrong: plain accuracy 0.8, balanced 0.5
+    features = np.array([[1, 0], [1, 0.01], [1, 0.02], [1, 0.03], [1, 0.5]], float)
+    labels = np.array([0, 0, 0, 0, 1])
+    assert knn_balanced_accuracy(features, labels, np.arange(5), k=1) == pytest.approx(0.5)
+
+
+def test_square_thumbnail_keeps_aspect():
+    tall = np.ones((20, 10), np.float32)
+    thumb = square_thumbnail(tall, 10)
+    assert thumb.shape == (10, 10)
+    assert thumb[:, :5].min() == pytest.approx(1.0) and thumb[:, 5:].max() == 0.0
