@@ -14,7 +14,7 @@ Two kinds of step, both with bf16 autocast, SDPA attention and fused AdamW:
   gradient clipping, AdamW and the EMA teacher update, with the preset's crop sizes and batch.
 Model FLOPs are counted once per setting with torch.utils.flop_counter (matmuls, convolutions and
 attention, forward and backward; elementwise work is not counted, as in the usual MFU definition).
-MFU = achieved FLOP/s / bf16 dense peak: datasheet values for known devices (H100 SXM and H200
+MFU = achieved FLOP/s / bf16 dense peak (fp32 runs, the CPU default: the measured fp32 matmul): datasheet values for known devices (H100 SXM and H200
 989 TFLOP/s, H100 PCIe 756, A100 312), else the bf16 matmul peak measured in the same run, which
 is always printed too. Times are medians over `--repeats` runs of `--steps` steps after warm-up.
 """
@@ -51,6 +51,7 @@ SETTINGS: dict[str, tuple[str, int, int, str | None]] = {
 }
 TINY_SSL = [
     "model.arch=vit_tiny",
+    "model.num_register_tokens=1",
     "crops.global_size=28",
     "crops.local_size=14",
     "crops.n_local=2",
@@ -59,6 +60,7 @@ TINY_SSL = [
     "heads.dino_hidden_dim=64",
     "heads.dino_bottleneck_dim=32",
 ]
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 aten = torch.ops.aten
 
 
@@ -66,7 +68,7 @@ def _register_cpu_attention_flops() -> None:
     """FlopCounterMode has no formula for the CPU flash-attention kernels SDPA uses on CPU."""
     fwd = aten._scaled_dot_product_flash_attention_for_cpu
     bwd = aten._scaled_dot_product_flash_attention_for_cpu_backward
-    if fwd.default in flop_counter.flop_registry:
+    if fwd in flop_counter.flop_registry or fwd.default in flop_counter.flop_registry:
         return
 
     @flop_counter.register_flop_formula(fwd)
@@ -112,10 +114,18 @@ def datasheet_peak(device: torch.device) -> tuple[float | None, str]:
 
 
 def backbone_step(
-    arch: str, size: int, batch: int, device: torch.device, checkpointing: bool, tiny: bool
+    arch: str,
+    size: int,
+    batch: int,
+    device: torch.device,
+    checkpointing: bool,
+    dtype: torch.dtype,
+    tiny: bool = False,
 ) -> Callable[[], None]:
     """A ViT training step on random 1-channel global crops."""
     kwargs = {"patch_size": 14, "in_chans": 1, "num_register_tokens": 4, "drop_path_rate": 0.0}
+    if tiny:
+        kwargs.update(embed_dim=64, depth=2, num_heads=2)
     model = build_vit(arch, img_size=size, activation_checkpointing=checkpointing, **kwargs)
     model = model.to(device).train()
     fused = device.type in ("cuda", "cpu")
@@ -123,7 +133,7 @@ def backbone_step(
     x = torch.rand(batch, 1, size, size, device=device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             out = model.forward_features(x)
             loss = out["x_norm_clstoken"].float().square().mean()
             loss = loss + out["x_norm_patchtokens"].float().square().mean()
@@ -155,7 +165,12 @@ def synthetic_batch(cfg: Any, batch: int, device: torch.device) -> dict[str, Any
 
 
 def ssl_step(
-    preset: str, batch: int | None, device: torch.device, checkpointing: bool, tiny: bool
+    preset: str,
+    batch: int | None,
+    device: torch.device,
+    checkpointing: bool,
+    dtype: torch.dtype,
+    tiny: bool,
 ) -> tuple[Callable[[], None], int]:
     """The production MammoDINO step of a preset (teacher, student, losses, AdamW, EMA)."""
     overrides = [f"distributed.activation_checkpointing={str(checkpointing).lower()}"]
@@ -170,7 +185,7 @@ def ssl_step(
     data = synthetic_batch(cfg, batch, device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = model(data, teacher_temp=0.07)["loss"]
         loss.backward()
         for part in model.student.values():
@@ -184,6 +199,7 @@ def ssl_step(
 
 def count_flops(step: Callable[[], None]) -> int:
     """Model FLOPs of one step (forward and backward)."""
+    _register_cpu_attention_flops()
     counter = flop_counter.FlopCounterMode(display=False)
     with counter:
         step()
@@ -191,8 +207,8 @@ def count_flops(step: Callable[[], None]) -> int:
 
 
 def time_steps(step: Callable[[], None], device: torch.device, steps: int, repeats: int) -> float:
-    """Median seconds per step over `repeats` runs of `steps` steps, after 3 warm-up steps."""
-    for _ in range(3):
+    """Median seconds per step over `repeats` runs of `steps` steps, after 2 warm-up steps."""
+    for _ in range(2):
         step()
     runs = []
     for _ in range(repeats):
@@ -217,8 +233,8 @@ def run_setting(name: str, mode: str, args: argparse.Namespace, device: torch.de
     arch, size, batch, preset = SETTINGS[name]
     if args.tiny:
         arch, size, batch = "vit_tiny", 56 if size > 224 else 28, 4
-    if mode == "ssl" and preset is None:
-        return {}
+    if mode == "ssl" and (preset is None or (args.tiny and name != "vits14")):
+        return {}  # --tiny: one SSL step check is enough
     ssl_batch = 2 if args.tiny else args.ssl_batch
     while True:
         if device.type == "cuda":
@@ -226,9 +242,13 @@ def run_setting(name: str, mode: str, args: argparse.Namespace, device: torch.de
             torch.cuda.reset_peak_memory_stats(device)
         try:
             if mode == "backbone":
-                step = backbone_step(arch, size, batch, device, args.checkpointing, args.tiny)
+                step = backbone_step(
+                    arch, size, batch, device, args.checkpointing, args.dtype, args.tiny
+                )
             else:
-                step, batch = ssl_step(preset, ssl_batch, device, args.checkpointing, args.tiny)
+                step, batch = ssl_step(
+                    preset, ssl_batch, device, args.checkpointing, args.dtype, args.tiny
+                )
             flops = count_flops(step)
             seconds = time_steps(step, device, args.steps, args.repeats)
             break
@@ -259,23 +279,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--modes", default="backbone,ssl")
-    parser.add_argument("--tiny", action="store_true", help="tiny ViTs at 28-56 px (CPU checks)")
+    parser.add_argument(
+        "--tiny", action="store_true", help="tiny ViTs at 28-56 px, 2 steps (CPU check)"
+    )
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     parser.add_argument("--ssl-batch", type=int, default=None, help="default: the preset's")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default=None, help="default: bf16 on CUDA, else fp32"
+    )
     parser.add_argument("--json", default=None, help="also append one JSON line per figure")
     args = parser.parse_args(argv)
+    if args.tiny:  # a check that every path runs, not a measurement
+        args.steps, args.repeats = min(args.steps, 2), 1
     device = torch.device(args.device)
+    args.dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    else:
-        _register_cpu_attention_flops()
     sheet, name = datasheet_peak(device)
-    measured = matmul_peak(device)
+    sheet = sheet if args.dtype == torch.bfloat16 else None
+    measured = matmul_peak(device, args.dtype)
     peak, source = (sheet, "datasheet") if sheet else (measured, "measured matmul")
-    print(f"device: {name} | torch {torch.__version__} | bf16 peak {peak / 1e12:.1f} TFLOP/s "
-          f"({source}); measured bf16 matmul {measured / 1e12:.1f} TFLOP/s")  # fmt: skip
+    kind = "bf16" if args.dtype == torch.bfloat16 else "fp32"
+    print(f"device: {name} | torch {torch.__version__} | {kind} peak {peak / 1e12:.3g} TFLOP/s "
+          f"({source}); measured {kind} matmul {measured / 1e12:.3g} TFLOP/s")  # fmt: skip
     if device.type == "cpu":
         print("note: CPU figures on a shared machine vary with the load of other processes")
     header = f"{'setting':<11} {'mode':<8} {'batch':>5} {'samples/s':>10} {'TFLOP/s':>8} "
@@ -294,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch=torch.__version__,
             )
             print(f"{setting:<11} {mode:<8} {row['batch']:>5} {row['samples_per_s']:>10.1f} "
-                  f"{row['tflop_per_s']:>8.2f} {row['mfu']:>6.1%} {row['of_measured_matmul']:>9.1%} "
+                  f"{row['tflop_per_s']:>8.3g} {row['mfu']:>6.1%} {row['of_measured_matmul']:>9.1%} "
                   f"{row['peak_memory_gib']:>8.2f}", flush=True)  # fmt: skip
             if args.json:
                 with open(args.json, "a") as handle:

@@ -162,3 +162,8 @@ def test_mapping_through_the_cache_geometry():
     [circle] = shapes_to_grid([{"type": "circle", "x": 79.5, "y": 40, "r": 20}], meta, 4, 4)
     assert circle["x"] == pytest.approx(0.5) and circle["y"] == pytest.approx(2.025)
     assert circle["r"] == pytest.approx(1.0)
+
+
+def test_missing_geometry_is_a_clear_error():
+    with pytest.raises(EvaluationError, match="cache geometry"):
+        shapes_to_grid([{"type": "circle", "x": 1, "y": 1, "r": 1}], {"id": "a"}, 4, 4)

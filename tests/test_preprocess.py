@@ -14,7 +14,12 @@ from mammodino.preprocess.geometry import (
     original_to_cache,
     plan_geometry,
 )
-from mammodino.preprocess.mask import breast_mask, chest_wall_on_left
+from mammodino.preprocess.mask import (
+    breast_mask,
+    chest_wall_on_left,
+    fill_holes,
+    otsu_threshold,
+)
 from mammodino.preprocess.pectoral import pectoral_mask
 from mammodino.preprocess.pipeline import (
     PrepareSettings,
@@ -153,3 +158,19 @@ def test_pectoral_wedge_found_on_synthetic_mlo():
     assert (
         not pectoral_mask(_unit(synthetic_breast(label=False)), breast).sum() > 0.5 * breast.sum()
     )
+
+
+def test_otsu_and_fill_holes_match_scikit_image_and_scipy():
+    from scipy import ndimage
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(3)
+    values = np.concatenate([rng.normal(0.1, 0.03, 5000), rng.normal(0.6, 0.1, 3000)])
+    assert otsu_threshold(values, 1024) == pytest.approx(threshold_otsu(values, nbins=1024))
+    ring = np.zeros((40, 40), bool)
+    ring[5:30, 5:30] = True
+    ring[10:20, 10:20] = False  # a hole
+    ring[0:3, 20:25] = True  # touches the border: not a hole
+    ring[32:38, 32:38] = True
+    ring[34:36, 34:36] = False
+    np.testing.assert_array_equal(fill_holes(ring), ndimage.binary_fill_holes(ring))

@@ -37,3 +37,31 @@ def test_square_thumbnail_keeps_aspect():
     thumb = square_thumbnail(tall, 10)
     assert thumb.shape == (10, 10)
     assert thumb[:, :5].min() == pytest.approx(1.0) and thumb[:, 5:].max() == 0.0
+
+
+@pytest.mark.realdata
+def test_mini_mias_density_labels_join_the_cache_manifest(mini_mias_dir, tmp_path):
+    import csv
+
+    from mammodino.config import load_config
+    from mammodino.train.monitor import KNNMonitor
+
+    names = sorted(p.name for p in mini_mias_dir.glob("mdb*.png"))[:24]
+    with (tmp_path / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "source", "image", "mask"])
+        writer.writerows([f"id{i}", n, str(mini_mias_dir / n), ""] for i, n in enumerate(names))
+    cfg = load_config(
+        overrides=[
+            "monitor.every=10",
+            f"monitor.source={tmp_path}",
+            f"monitor.labels={mini_mias_dir / 'labels_per_image.csv'}",
+            "monitor.label_column=tissue_FGD",
+            "monitor.image_size=32",
+        ]
+    )
+    monitor = KNNMonitor.from_config(cfg)
+    assert monitor.images.shape == (24, 1, 32, 32)
+    assert set(monitor.labels) == {0, 1, 2}  # D, F, G
+    # no patient_id column: mini-MIAS names pair mdb001+mdb002 as one woman
+    assert list(monitor.groups[:4]) == ["mias001", "mias001", "mias002", "mias002"]

@@ -53,8 +53,9 @@ def collate_slice_pairs(samples: Sequence[dict[str, Any]], default_size: int) ->
     """The DBT slice pairs of a batch (samples with a `slice_pair`, in batch order).
 
     `slice_pairs` float32 [2, P, 1, S, S] (all first slices, then all second slices),
-    `slice_volume` int64 [P], `slice_offset_mm` and `slice_position_mm` float32 [P]. P = 0 in
-    an FFDM-only batch (S is then the global crop size): the slice loss is 0.
+    `slice_volume` int64 [P], `slice_offset_mm` and `slice_position_mm` float32 [P],
+    `slice_patch_tissue` float32 [P, N] (tissue fraction of each patch of the pair crop). P = 0 in
+    an FFDM-only batch (S is then the global crop size, N 0): the slice loss is 0.
     """
     pairs = [s for s in samples if "slice_pair" in s]
     if not pairs:
@@ -63,10 +64,12 @@ def collate_slice_pairs(samples: Sequence[dict[str, Any]], default_size: int) ->
             "slice_volume": torch.zeros(0, dtype=torch.long),
             "slice_offset_mm": torch.zeros(0),
             "slice_position_mm": torch.zeros(0),
+            "slice_patch_tissue": torch.zeros(0, 0),
         }
     return {
         "slice_pairs": torch.stack([s["slice_pair"] for s in pairs], dim=1),
         "slice_volume": torch.tensor([int(s["slice_volume"]) for s in pairs], dtype=torch.long),
         "slice_offset_mm": torch.tensor([float(s["slice_offset_mm"]) for s in pairs]),
         "slice_position_mm": torch.tensor([float(s["slice_position_mm"]) for s in pairs]),
+        "slice_patch_tissue": torch.stack([s["slice_patch_tissue"] for s in pairs]),
     }

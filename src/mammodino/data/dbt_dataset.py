@@ -11,6 +11,7 @@ each slice of the pair for the cross-slice loss:
     "slice_volume": int                   # volume index (same-volume negatives, docs)
     "slice_offset_mm": float              # d * slice spacing
     "slice_position_mm": float            # k * slice spacing (for dbt.negative_gap_mm)
+    "slice_patch_tissue": float32 [N]     # tissue fraction per ViT patch of the pair crop
 
 Keys come from `MixedSampler` (data/mixed_sampler.py), which fixes the DBT share of each batch.
 """
@@ -148,7 +149,8 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
     ) -> None:
         if not volumes:
             raise ConfigError("the pretraining source holds no DBT volumes")
-        dbt_per_batch(1, dbt_fraction, len(images), len(volumes))  # validates the fraction
+        # Validates the fraction; a large batch has an FFDM slot whenever the fraction is < 1.
+        dbt_per_batch(1 << 20, dbt_fraction, len(images), len(volumes))
         self.images = PretrainDataset(images, transform, seed, cache_mb) if images else None
         self.volumes = volumes
         self.transform = transform
@@ -205,6 +207,7 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
             self.pair, pixels, partner, tissue, (*seed, 2), intensity_max, index
         )
         sample["slice_pair"] = torch.stack([a["global_crops"][0], b["global_crops"][0]])
+        sample["slice_patch_tissue"] = a["global_patch_tissue"][0].flatten()
         sample["slice_volume"] = volume
         sample["slice_offset_mm"] = float((other - k) * record.spacing_mm)
         sample["slice_position_mm"] = float(k * record.spacing_mm)

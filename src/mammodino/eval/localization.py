@@ -95,8 +95,8 @@ def shapes_to_grid(
         from mammodino.preprocess.geometry import original_to_cache as to_cache
 
     # The manifest's cache size is cache_width/cache_height (width/height are the original's).
-    width = float(meta.get("cache_width") or meta["width"])
-    height = float(meta.get("cache_height") or meta["height"])
+    width = float(meta.get("cache_width") or meta.get("width") or "nan")
+    height = float(meta.get("cache_height") or meta.get("height") or "nan")
     x0 = float(meta.get("grid_x0") or 0.0)
     y0 = float(meta.get("grid_y0") or 0.0)
     x1 = float(meta.get("grid_x1") or width)
@@ -108,6 +108,16 @@ def shapes_to_grid(
         cx, cy = to_cache(meta, x, y)
         return (cx + 0.5 - x0) * sx, (cy + 0.5 - y0) * sy
 
+    try:
+        return _shapes_to_grid(shapes, to_grid)
+    except (KeyError, ValueError) as err:
+        raise EvaluationError(
+            f"image {meta.get('id', '?')}: features meta lacks the cache geometry ({err}); "
+            "embed from a prepared cache so lesions can be placed on the patch grid"
+        ) from err
+
+
+def _shapes_to_grid(shapes: Sequence[dict], to_grid) -> list:
     out = []
     for s in shapes:
         if s["type"] == "circle":

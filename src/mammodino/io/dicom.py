@@ -26,7 +26,7 @@ from mammodino.errors import (
     UnsupportedTransferSyntaxError,
 )
 from mammodino.io.meta import MAX_FRAMES, MAX_SIDE, ImageMeta
-from mammodino.io.voi import apply_voi_lut, apply_window
+from mammodino.io.voi import VOI_FUNCTIONS, apply_voi_lut, apply_window
 
 PIXEL_DATA_TAG_LE = b"\xe0\x7f\x10\x00"
 PIXEL_DATA_TAG_BE = b"\x7f\xe0\x00\x10"
@@ -154,27 +154,51 @@ def _rescale(ds: Dataset) -> tuple[float, float]:
     return slope, intercept
 
 
-def _voi(ds: Dataset) -> tuple[list[tuple[float, float]], str, tuple[list[int], list[int]] | None]:
-    source = _shared_item(ds, "FrameVOILUTSequence") or ds
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+
+
+def _windows(source: Dataset) -> list[tuple[float, float]]:
     centers, widths = source.get("WindowCenter"), source.get("WindowWidth")
-    windows: list[tuple[float, float]] = []
-    if centers is not None and widths is not None:
-        centers = (
-            list(centers) if isinstance(centers, (list, pydicom.multival.MultiValue)) else [centers]
-        )
-        widths = (
-            list(widths) if isinstance(widths, (list, pydicom.multival.MultiValue)) else [widths]
-        )
-        windows = [(float(c), float(w)) for c, w in zip(centers, widths, strict=False)]
-    function = str(source.get("VOILUTFunction") or ds.get("VOILUTFunction") or "LINEAR").upper()
-    lut = None
+    if centers is None or widths is None:
+        return []
+    windows = []
+    for center, width in zip(_as_list(centers), _as_list(widths), strict=False):
+        try:
+            c, w = float(center), float(width)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(c) and np.isfinite(w) and w > 0:
+            windows.append((c, w))
+    return windows
+
+
+def _voi_lut(ds: Dataset) -> tuple[list[int], list[int]] | None:
+    """First VOI LUT Sequence item as (descriptor, table), or None when absent or unusable."""
     sequence = ds.get("VOILUTSequence")
-    if sequence and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]:
+    if not sequence or "LUTDescriptor" not in sequence[0] or "LUTData" not in sequence[0]:
+        return None
+    try:
+        descriptor = [int(v) for v in _as_list(sequence[0].LUTDescriptor)]
         data = sequence[0].LUTData
         if isinstance(data, bytes):  # OW data comes as bytes; US as a list
-            data = np.frombuffer(data, dtype="<u2").tolist()
-        lut = (list(sequence[0].LUTDescriptor), list(data if isinstance(data, list) else [data]))
-    return windows, function, lut
+            data = np.frombuffer(data[: len(data) // 2 * 2], dtype="<u2").tolist()
+        table = [int(v) for v in _as_list(data)]
+    except (TypeError, ValueError, AttributeError):
+        return None
+    if len(descriptor) != 3 or not table or not 1 <= descriptor[2] <= 16:
+        return None
+    return descriptor, table
+
+
+def _voi(ds: Dataset) -> tuple[list[tuple[float, float]], str, tuple[list[int], list[int]] | None]:
+    """Windows, VOI LUT function and VOI LUT; unusable values are dropped (VOI is optional)."""
+    source = _shared_item(ds, "FrameVOILUTSequence") or ds
+    function = str(source.get("VOILUTFunction") or ds.get("VOILUTFunction") or "LINEAR")
+    function = function.strip().upper()
+    if function not in VOI_FUNCTIONS:  # unknown values: LINEAR, the standard's default
+        function = "LINEAR"
+    return _windows(source), function, _voi_lut(ds)
 
 
 def _locate_pixel_data(path: str, f, little_endian: bool, implicit_vr: bool) -> tuple[int, int]:
@@ -194,6 +218,39 @@ def _locate_pixel_data(path: str, f, little_endian: bool, implicit_vr: bool) -> 
     if len(raw) < 4:
         raise TruncatedFileError(path, "file ends inside the PixelData header", "copy it again")
     return start + header_len, struct.unpack(order + "I", raw)[0]
+
+
+def _check_pixel_module(path: str, ds: Dataset) -> None:
+    """Refuse headers whose Image Pixel module the decoders cannot work with."""
+    try:
+        allocated = int(ds.get("BitsAllocated"))
+        stored = int(ds.get("BitsStored"))
+        samples = int(ds.get("SamplesPerPixel", 1))
+        representation = int(ds.get("PixelRepresentation"))
+        photometric = str(ds.get("PhotometricInterpretation") or "")
+        slope, intercept = _rescale(ds)
+        int(_first(ds.get("NumberOfFrames"), 1) or 1)
+    except (TypeError, ValueError, OverflowError):
+        raise MammoReadError(
+            path, "image header lacks or garbles a pixel description element", "re-export it"
+        ) from None
+    valid = (
+        allocated in (1, 8, 16, 32)
+        and 1 <= stored <= allocated
+        and samples in (1, 3)
+        and representation in (0, 1)
+        and photometric
+        and np.isfinite(slope)
+        and np.isfinite(intercept)
+        and slope != 0
+    )
+    if not valid:
+        raise MammoReadError(
+            path,
+            f"invalid pixel description ({allocated} bits allocated, {stored} stored, "
+            f"{samples} samples, {photometric or 'no photometric'})",
+            "re-export the image",
+        )
 
 
 def read_header(path: str | Path) -> DicomHeader:
@@ -218,8 +275,13 @@ def read_header(path: str | Path) -> DicomHeader:
         raise NotAnImageError(path, f"not an image ({sop_name})", "leave non-image objects out")
     if offset < 0:
         raise NoPixelDataError(path, "DICOM image without PixelData", "export it with its pixels")
+    _check_pixel_module(path, ds)
     rows, cols = int(ds.Rows), int(ds.Columns)
     n_frames = int(_first(ds.get("NumberOfFrames"), 1) or 1)
+    if rows < 1 or cols < 1 or n_frames < 1:
+        raise MammoReadError(
+            path, f"header declares {rows} x {cols} x {n_frames} frames", "re-export the image"
+        )
     if rows > MAX_SIDE or cols > MAX_SIDE or n_frames > MAX_FRAMES:
         raise ImageTooLargeError(
             path,
@@ -297,6 +359,10 @@ def decode_frame(path: str | Path, header: DicomHeader, frame: int) -> np.ndarra
         raise TruncatedFileError(
             path, f"pixel data cannot be decoded ({type(err).__name__})", "copy the file again"
         ) from None
+    except Exception as err:  # decoders raise many types on corrupt headers; none may escape
+        raise MammoReadError(
+            path, f"pixel data cannot be decoded ({type(err).__name__})", "re-export the image"
+        ) from None
     if array.ndim == 3:  # colour Secondary Capture: a weighted luminance keeps it grey
         array = array[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     return array
@@ -322,4 +388,6 @@ def to_unit_range(raw: np.ndarray, header: DicomHeader, voi: str = "none") -> np
         unit = np.clip(unit, 0.0, 1.0)
     if header.meta.photometric == "MONOCHROME1":
         unit = 1.0 - unit
-    return unit.astype(np.float32, copy=False)
+    # A garbled LUT or window can still give NaN; such pixels carry no information.
+    unit = np.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0)
+    return np.clip(unit, 0.0, 1.0).astype(np.float32, copy=False)

@@ -126,21 +126,30 @@ def _read_pgm(path: str) -> tuple[np.ndarray, ImageMeta]:
 
 
 def _read_tiff(path: str) -> tuple[np.ndarray, ImageMeta]:
+    import cv2
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path) as tif:  # the header alone: size checked before decoding
             page = tif.pages[0]
-            shape, dtype = page.shape, np.dtype(page.dtype)
-            _check_size(path, int(shape[0]), int(shape[1]))
-            array = page.asarray()
-    except MammoReadError:
-        raise
+            shape = page.shape
     except Exception as err:  # tifffile raises many types for broken files
         raise TruncatedFileError(
-            path, f"TIFF cannot be decoded ({type(err).__name__})", "copy the file again"
+            path, f"TIFF header cannot be read ({type(err).__name__})", "copy the file again"
         ) from None
-    return _normalise_array(path, array, dtype, "tiff")
+    _check_size(path, int(shape[0]), int(shape[1]))
+    # OpenCV decodes LZW/Deflate/PackBits without extra packages; tifffile covers the rest.
+    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        try:
+            array = tifffile.imread(path, key=0)
+        except Exception as err:
+            raise TruncatedFileError(
+                path, f"TIFF cannot be decoded ({type(err).__name__})", "save it uncompressed"
+            ) from None
+    elif array.ndim == 3 and array.shape[-1] >= 3:
+        array = array[..., 2::-1]  # OpenCV's BGR back to RGB
+    return _normalise_array(path, array, array.dtype, "tiff")
 
 
 def _read_npy(path: str) -> tuple[np.ndarray, ImageMeta]:
@@ -200,14 +209,16 @@ def read_metadata(path: str | Path) -> ImageMeta:
     """Header facts only (DICOM: no pixel decoding; rasters: decoded to learn the size)."""
     path = os.fspath(path)
     if sniff_format(path) == "dicom":
-        return dicom.read_header(path).meta
+        return _guarded(path, dicom.read_header, path).meta
     return read_image(path).meta
 
 
 def read_frame_count(path: str | Path) -> int:
     """Number of frames (DBT slices) without decoding any; 1 for 2-D files."""
     path = os.fspath(path)
-    return dicom.read_header(path).meta.n_frames if sniff_format(path) == "dicom" else 1
+    if sniff_format(path) != "dicom":
+        return 1
+    return _guarded(path, dicom.read_header, path).meta.n_frames
 
 
 def read_image(path: str | Path, *, voi: str = "none", frame: int | None = None) -> MammoImage:
@@ -222,14 +233,42 @@ def read_image(path: str | Path, *, voi: str = "none", frame: int | None = None)
     path = os.fspath(path)
     fmt = sniff_format(path)
     if fmt == "dicom":
-        header = dicom.read_header(path)
+        header = _guarded(path, dicom.read_header, path)
         n_frames = header.meta.n_frames
         index = n_frames // 2 if frame is None else int(frame)
         if not 0 <= index < n_frames:
             raise IndexError(f"frame {index} out of range for {n_frames} frames")
         raw = dicom.decode_frame(path, header, index)
-        return MammoImage(dicom.to_unit_range(raw, header, voi), header.meta, index)
+        pixels = _guarded(path, dicom.to_unit_range, raw, header, voi)
+        return _checked(path, MammoImage(pixels, header.meta, index))
     if frame not in (None, 0):
         raise IndexError(f"frame {frame} out of range for a single-frame {fmt} file")
-    pixels, meta = _RASTER_READERS[fmt](path)
-    return MammoImage(pixels, meta, 0)
+    pixels, meta = _guarded(path, _RASTER_READERS[fmt], path)
+    return _checked(path, MammoImage(pixels, meta, 0))
+
+
+def _guarded(path: str, function, *args):
+    """Call `function`; any failure that is not already typed becomes a MammoReadError.
+
+    Files are untrusted input: a garbled header can make pydicom, numpy or a codec raise
+    almost anything, and one bad file must never stop a run with an untyped exception.
+    """
+    try:
+        return function(*args)
+    except MammoReadError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(path, "image does not fit in memory", "check its header") from None
+    except Exception as err:
+        raise MammoReadError(
+            path, f"file cannot be read ({type(err).__name__})", "re-export the image"
+        ) from None
+
+
+def _checked(path: str, image: MammoImage) -> MammoImage:
+    """The reader's promise: a non-empty 2-D float32 image (every path clips to [0, 1])."""
+    pixels = image.pixels
+    if pixels.ndim != 2 or pixels.size == 0:
+        raise NotAnImageError(path, f"decoded pixels have shape {pixels.shape}", "re-export it")
+    image.pixels = pixels.astype(np.float32, copy=False)
+    return image

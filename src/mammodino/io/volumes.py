@@ -1,6 +1,7 @@
 """DBT volumes as hospitals store them, read one slice at a time.
 
-Three layouts become one `Volume` (`open_volume(path)`):
+Three layouts become one `Volume` (`open_volume(path)`; `is_volume(path)` tells them from 2-D
+images; `mean_projection` gives the image the volume's breast mask is computed on):
 - a multi-frame DICOM (Breast Tomosynthesis Image Storage): `read_image(path, frame=i)` decodes
   frame i alone (pydicom.pixels.pixel_array(path, index=i));
 - a folder of single-slice DICOMs of one series: slices ordered by their position along the slice
@@ -19,10 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.errors import InvalidDicomError
 
 from mammodino.errors import MammoReadError, NotAnImageError
 from mammodino.io.meta import MAX_FRAMES, MammoImage
-from mammodino.io.reader import _check_size, _normalise_array, read_image, read_metadata, sniff_format
+from mammodino.io.reader import (
+    _check_size,
+    _normalise_array,
+    read_frame_count,
+    read_image,
+    read_metadata,
+    sniff_format,
+)
 
 # Breast Tomosynthesis Image Storage: a slice folder of this class is a volume even without positions.
 BTO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.13.1.3"
@@ -69,6 +78,32 @@ def is_npy_volume(path: str | Path) -> bool:
     """True for a .npy holding [Z, H, W] (a trailing axis of 1, 3 or 4 is colour, not slices)."""
     shape = _npy_header(os.fspath(path))[0]
     return len(shape) == 3 and shape[-1] not in CHANNEL_SIZES
+
+
+def is_volume(path: str | Path) -> bool:
+    """True for a DBT source: a slice folder, a [Z, H, W] .npy or a multi-frame DICOM."""
+    path = Path(path)
+    if path.is_dir():
+        return is_slice_folder(path)
+    fmt = sniff_format(path)
+    if fmt == "npy":
+        return is_npy_volume(path)
+    return fmt == "dicom" and read_frame_count(path) > 1
+
+
+def mean_projection(volume: Volume, voi: str = "none", max_slices: int = 16) -> np.ndarray:
+    """Mean of up to `max_slices` evenly spaced slices, decoded one at a time (for the mask).
+
+    The breast outline of one slice can miss skin-line tissue that lies in other slices; the
+    projection shows the whole compressed breast, as the projection images do.
+    """
+    count = min(volume.n_slices, max(1, max_slices))
+    indices = np.unique(np.linspace(0, volume.n_slices - 1, count).round().astype(int))
+    total = None
+    for index in indices:
+        pixels = volume.read_slice(int(index), voi).pixels
+        total = pixels.astype(np.float64) if total is None else total + pixels
+    return (total / len(indices)).astype(np.float32)
 
 
 def open_volume(path: str | Path) -> Volume:
@@ -149,7 +184,10 @@ def _slice_headers(folder: Path) -> list[_SliceHeader]:
                 continue
         except MammoReadError:
             continue
-        ds = pydicom.dcmread(str(file), stop_before_pixels=True)
+        try:
+            ds = pydicom.dcmread(str(file), stop_before_pixels=True)
+        except (InvalidDicomError, EOFError, OSError, ValueError):
+            return []  # prepare then reads (and reports) the files one by one
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             return []  # a multi-frame file is a volume of its own
         series.add(str(ds.get("SeriesInstanceUID", "")))

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
-from skimage.filters import threshold_otsu
 
 # A breast covers at least this share of the image; less means a blank or wrong image.
 MIN_BREAST_FRACTION = 0.01
@@ -59,17 +57,41 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == biggest
 
 
+def otsu_threshold(values: np.ndarray, nbins: int = 1024) -> float:
+    """Otsu's threshold (maximal between-class variance), as skimage.filters.threshold_otsu.
+
+    Written out so that worker processes need not import scipy and scikit-image (~0.5 s each).
+    """
+    hist, edges = np.histogram(values, bins=nbins)
+    centers = (edges[:-1] + edges[1:]) / 2.0
+    hist = hist.astype(np.float64)
+    weight_low = np.cumsum(hist)
+    weight_high = np.cumsum(hist[::-1])[::-1]
+    mean_low = np.cumsum(hist * centers) / np.maximum(weight_low, 1e-12)
+    mean_high = (np.cumsum((hist * centers)[::-1]) / np.maximum(weight_high[::-1], 1e-12))[::-1]
+    between = weight_low[:-1] * weight_high[1:] * (mean_low[:-1] - mean_high[1:]) ** 2
+    return float(centers[:-1][np.argmax(between)])
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Mask with every background region not connected to the border filled."""
+    padded = np.pad(mask.astype(np.uint8), 1)
+    outside = padded.copy()
+    cv2.floodFill(outside, None, (0, 0), 1)  # 4-connected, like scipy's binary_fill_holes
+    return (padded.astype(bool) | (outside == 0))[1:-1, 1:-1]
+
+
 def tissue_threshold(small: np.ndarray) -> float:
     """Otsu, then Otsu again inside the darker class: background versus fatty tissue.
 
     One Otsu split of a mammogram often falls between fatty and dense tissue (three modes:
     background, fat, glandular), which cuts the faint skin-line region off the breast.
     """
-    first = float(threshold_otsu(small, nbins=1024))
+    first = float(otsu_threshold(small, 1024))
     darker = small[small <= first]
     if darker.size < 16 or float(darker.max() - darker.min()) < 1e-6:
         return first
-    return float(threshold_otsu(darker, nbins=1024))
+    return float(otsu_threshold(darker, 1024))
 
 
 def breast_mask(pixels: np.ndarray, mask_size: int = 512) -> MaskResult:
@@ -93,7 +115,7 @@ def breast_mask(pixels: np.ndarray, mask_size: int = 512) -> MaskResult:
         return MaskResult(breast, scale, threshold)
     breast = cv2.morphologyEx(breast.astype(np.uint8), cv2.MORPH_CLOSE, _disk(radius)) > 0
     breast &= small > threshold * 0.5  # closing must not bridge over real background
-    breast = ndimage.binary_fill_holes(largest_component(breast))
+    breast = fill_holes(largest_component(breast))
     return MaskResult(breast, scale, threshold)
 
 

@@ -1,1 +1,1 @@
-"""Plots and the self-contained HTML report."""
+"""Plots and the self-contained HTML report (`mammodino report RUN`)."""

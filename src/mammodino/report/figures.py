@@ -63,7 +63,9 @@ def roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title
     return to_png(fig)
 
 
-def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str]) -> bytes:
+def confusion_matrices(
+    matrices: Mapping[str, Sequence[Sequence[int]]], classes: Sequence[str], label: str = ""
+) -> bytes:
     """One confusion matrix per backbone side by side (rows: truth, columns: prediction)."""
     names = list(matrices)
     fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 0.6, 2.9), squeeze=False)
@@ -77,17 +79,23 @@ def confusion_matrices(matrices: Mapping[str, Sequence[Sequence[int]]], classes:
         ticks = range(len(classes))
         ax.set_xticks(ticks, classes, fontsize=7)
         ax.set_yticks(ticks, classes, fontsize=7)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(f"{label}: {name}" if label else name, fontsize=9)
         ax.set_xlabel("predicted", fontsize=8)
     axes[0][0].set_ylabel("true", fontsize=8)
     return to_png(fig)
 
 
-def _overlay_grid(ax, image: np.ndarray, grid: np.ndarray, cmap: str, alpha: float, vmax=None) -> None:
-    """An image with a per-patch value grid stretched over it."""
+def _overlay_grid(
+    ax, image: np.ndarray, grid: np.ndarray, cmap: str, alpha: float, vmin=None, vmax=None
+) -> None:
+    """An image with a per-patch value grid stretched over it (colour range: the grid's own
+    range unless given, so near-uniform attention still shows its structure)."""
     h, w = image.shape
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
-    ax.imshow(grid, cmap=cmap, alpha=alpha, extent=(0, w, h, 0), vmin=0, vmax=vmax, interpolation="nearest")
+    extent = (0, w, h, 0)
+    ax.imshow(
+        grid, cmap=cmap, alpha=alpha, extent=extent, vmin=vmin, vmax=vmax, interpolation="nearest"
+    )
     ax.axis("off")
 
 
@@ -97,7 +105,9 @@ def crop_samples(samples: Sequence[Mapping[str, np.ndarray]]) -> bytes:
     n_global = max(len(s["global_crops"]) for s in samples)
     n_local = max(len(s["local_crops"]) for s in samples)
     cols = 3 * n_global + n_local
-    fig, axes = plt.subplots(len(samples), cols, figsize=(1.6 * cols, 1.75 * len(samples)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(samples), cols, figsize=(1.6 * cols, 1.75 * len(samples)), squeeze=False
+    )
     for row, s in zip(axes, samples, strict=True):
         for ax in row:
             ax.axis("off")
@@ -108,9 +118,9 @@ def crop_samples(samples: Sequence[Mapping[str, np.ndarray]]) -> bytes:
             masked = s["masks"][g].reshape(side, side).astype(float)
             row[3 * g].imshow(crop, cmap="gray", vmin=0, vmax=1)
             row[3 * g].set_title(f"global {g + 1}", fontsize=7)
-            _overlay_grid(row[3 * g + 1], crop, tissue, "viridis", 0.45, vmax=1)
+            _overlay_grid(row[3 * g + 1], crop, tissue, "viridis", 0.45, 0, 1)
             row[3 * g + 1].set_title("tissue fraction", fontsize=7)
-            _overlay_grid(row[3 * g + 2], crop, np.ma.masked_equal(masked, 0), "autumn", 0.6, vmax=1)
+            _overlay_grid(row[3 * g + 2], crop, np.ma.masked_equal(masked, 0), "bwr", 0.6, 0, 1)
             row[3 * g + 2].set_title(f"iBOT mask ({int(masked.sum())})", fontsize=7)
         for j in range(len(s["local_crops"])):
             ax = row[3 * n_global + j]

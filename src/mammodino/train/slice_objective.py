@@ -5,9 +5,10 @@
 slice pairs (`batch["slice_pairs"]` [2, P, 1, S, S] from data/collate.py) and returns the
 symmetric InfoNCE between the student's projected CLS of one slice and the teacher's projected
 CLS of the other. Negatives are the pairs of other volumes in the batch, plus slices of the same
-volume farther apart than `dbt.negative_gap_mm` when that is set. With `dbt.patch_level` the same
-loss also aligns corresponding patch tokens (same box and flip: token n of slice k lies over
-token n of slice k + d), negatives being the tokens of other volumes.
+volume farther apart than `dbt.negative_gap_mm` when that is set. With `dbt.patch_level` the loss
+adds `SliceContrastLoss.forward_patches` on corresponding patch tokens (same box and flip: token
+n of slice k lies over token n of slice k + d); the other tissue tokens of the pair are the
+negatives (tissue: `masking.patch_tissue_threshold` of `batch["slice_patch_tissue"]`).
 
 The teacher head follows the student head by EMA exactly like the rest of the teacher: `attach`
 registers the heads as `student["slice_head"]` and `teacher["slice_head"]` of the meta
@@ -42,20 +43,24 @@ class SliceObjective(nn.Module):
         temperature: float = 0.1,
         negative_gap_mm: float | None = None,
         patch_level: bool = False,
+        patch_tissue_threshold: float = 0.5,
     ) -> None:
         super().__init__()
         if negative_gap_mm is not None and negative_gap_mm <= 0:
-            raise ConfigError(f"dbt.negative_gap_mm must be positive or null, got {negative_gap_mm}")
+            raise ConfigError(
+                f"dbt.negative_gap_mm must be positive or null, got {negative_gap_mm}"
+            )
         self.student_head = ProjectionHead(embed_dim, proj_dim, hidden_dim)
         # The teacher head starts as an exact copy and only ever changes by EMA.
         self.teacher_head = copy.deepcopy(self.student_head).requires_grad_(False)
         self.loss = SliceContrastLoss(temperature)
         self.negative_gap_mm = negative_gap_mm
         self.patch_level = bool(patch_level)
+        self.patch_tissue_threshold = float(patch_tissue_threshold)
 
     @classmethod
     def from_cfg(cls, cfg: Any, embed_dim: int) -> SliceObjective:
-        """From `cfg.dbt` (proj_dim, proj_hidden_dim, temperature, negative_gap_mm, patch_level)."""
+        """From `cfg.dbt` and `cfg.masking.patch_tissue_threshold` (the patch-level variant)."""
         dbt = cfg["dbt"]
         gap = dbt.get("negative_gap_mm")
         return cls(
@@ -65,6 +70,7 @@ class SliceObjective(nn.Module):
             temperature=float(dbt.get("temperature", 0.1)),
             negative_gap_mm=float(gap) if gap is not None else None,
             patch_level=bool(dbt.get("patch_level", False)),
+            patch_tissue_threshold=float(cfg["masking"]["patch_tissue_threshold"]),
         )
 
     def attach(self, student: nn.ModuleDict, teacher: nn.ModuleDict) -> None:
@@ -91,7 +97,9 @@ class SliceObjective(nn.Module):
         loss = self._pair_loss(student["x_norm_clstoken"], teacher["x_norm_clstoken"], negatives)
         if self.patch_level:
             loss = loss + self._patch_loss(
-                student["x_norm_patchtokens"], teacher["x_norm_patchtokens"], volumes
+                student["x_norm_patchtokens"],
+                teacher["x_norm_patchtokens"],
+                batch.get("slice_patch_tissue"),
             )
         return loss
 
@@ -106,13 +114,13 @@ class SliceObjective(nn.Module):
         return self.loss(student_a, student_b, teacher_a, teacher_b, negatives)
 
     def _patch_loss(
-        self, student: torch.Tensor, teacher: torch.Tensor, volumes: torch.Tensor
+        self, student: torch.Tensor, teacher: torch.Tensor, patch_tissue: torch.Tensor | None
     ) -> torch.Tensor:
-        """InfoNCE of corresponding patch tokens [2P, N, D]; negatives: other volumes' tokens."""
-        n_tokens = student.shape[1]
-        token_volumes = volumes.repeat_interleave(n_tokens)
-        negatives = slice_negative_mask(token_volumes, token_volumes.float())
-        # Rows ordered (pair, token) for both slices, so row i of A corresponds to row i of B.
-        student_rows = student.flatten(0, 1)
-        teacher_rows = teacher.flatten(0, 1)
-        return self._pair_loss(student_rows, teacher_rows, negatives)
+        """Patch-level InfoNCE of aligned tokens [2P, N, D] (tissue tokens as anchors/negatives)."""
+        with torch.no_grad():
+            teacher_a, teacher_b = self.teacher_head(teacher).chunk(2)
+        student_a, student_b = self.student_head(student).chunk(2)
+        valid = None
+        if patch_tissue is not None and patch_tissue.numel():
+            valid = patch_tissue.to(student.device) >= self.patch_tissue_threshold
+        return self.loss.forward_patches(student_a, student_b, teacher_a, teacher_b, valid)

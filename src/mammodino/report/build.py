@@ -1,0 +1,277 @@
+"""`mammodino report RUN`: training curves, evaluation tables, ROC curves, confusion matrices,
+sampled crops, attention maps, patch-feature PCA and lesion heat maps in one HTML file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mammodino.report import figures
+from mammodino.report import html as H
+from mammodino.report.results import (
+    EvalResult,
+    by_task,
+    comparison_rows,
+    confusion,
+    find_results,
+    localization_rows,
+    oof_roc,
+)
+
+N_IMAGES = 4  # mammograms in the attention / PCA / heat-map figures
+N_CROP_SAMPLES = 3
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Records of metrics.jsonl (non-finite values, stored as strings, become NaN)."""
+    records = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        for key, value in record.items():
+            if isinstance(value, str) and value.lower() in ("nan", "inf", "-inf"):
+                record[key] = float(value)
+        records.append(record)
+    return records
+
+
+def _manifest(cache: Path) -> list[dict[str, str]]:
+    with (cache / "manifest.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _pick_rows(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
+    """A few 2-D mammograms (FFDM first; for DBT only the central slice), spread over the cache."""
+    flat = [r for r in rows if not r.get("slice_index")]
+    central = [
+        r
+        for r in rows
+        if r.get("slice_index") and int(r["slice_index"]) == int(r.get("slice_count") or 1) // 2
+    ]
+    pool = flat or central
+    if len(pool) <= n:
+        return pool
+    return [pool[i] for i in np.linspace(0, len(pool) - 1, n).round().astype(int)]
+
+
+def _load_pair(cache: Path, row: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    from mammodino.eval.embed_run import load_cache_image
+
+    mask = cv2.imread(str(cache / row["mask"]), cv2.IMREAD_UNCHANGED) if row.get("mask") else None
+    image = load_cache_image(cache, row)
+    return image, (mask if mask is not None else np.ones_like(image))
+
+
+def _section_training(run: Path) -> str:
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return '<p class="note">No metrics.jsonl in this run.</p>'
+    records = read_metrics(path)
+    last = next((r for r in reversed(records) if "loss" in r), {})
+    facts = ", ".join(
+        f"{k} {last[k]:.4g}" for k in ("step", "loss", "lr", "samples_per_s") if k in last
+    )
+    return f'<p class="note">Last logged step: {H.esc(facts)}.</p>' + H.image(
+        figures.training_curves(records), "training curves"
+    )
+
+
+def _section_evaluation(results: Sequence[EvalResult]) -> str:
+    if not results:
+        return (
+            '<p class="note">No results.json under RUN/eval/ or --evals: run `mammodino eval` '
+            "(see docs/report.md).</p>"
+        )
+    out = [
+        '<p class="note">Pooled out-of-fold figures with patient-level bootstrap 95% intervals; '
+        "every backbone uses the same patient-level folds. Best point value of each row in bold."
+        "</p>"
+    ]
+    for view in by_task(results):
+        first = next(iter(view.results.values())).data
+        out.append(
+            f"<h3>{H.esc(view.task)}</h3><p class='note'>classes {H.esc(view.classes)}, "
+            f"{first.get('n_patients', '?')} patients, {first.get('folds', '?')}-fold CV</p>"
+        )
+        backbones, rows = comparison_rows(view)
+        header = ["protocol", "labels", "metric", *backbones]
+        cells = [
+            [
+                r["protocol"],
+                f"{r['fraction']:.0%}",
+                r["metric"],
+                *(r["cells"][b] for b in backbones),
+            ]
+            for r in rows
+        ]
+        best = [{3 + backbones.index(b) for b in r["best"]} for r in rows]
+        out.append(H.table(header, cells, best))
+        protocols = list(
+            dict.fromkeys(p for r in view.results.values() for p in r.data["protocols"])
+        )
+        plots = []
+        for protocol in protocols:
+            if len(view.classes) == 2:
+                curves = {}
+                for name, r in view.results.items():
+                    points = oof_roc(r, protocol)
+                    auc = r.data["protocols"].get(protocol, {}).get("1", {}).get("pooled", {})
+                    value = (auc.get("auroc") or {}).get("value")
+                    if points is not None:
+                        curves[name] = (*points, math.nan if value is None else value)
+                if curves:
+                    title = f"ROC, {view.task} ({protocol})"
+                    plots.append(H.image(figures.roc_curves(curves, title), title))
+            matrices = {
+                n: m for n, r in view.results.items() if (m := confusion(r, protocol)) is not None
+            }
+            if matrices:
+                plots.append(
+                    H.image(
+                        figures.confusion_matrices(matrices, view.classes, protocol),
+                        f"confusion {view.task} {protocol}",
+                    )
+                )
+        out.append(f'<div class="row">{"".join(plots)}</div>')
+    loc = localization_rows(results)
+    if loc:
+        out.append("<h3>lesion localization (patch-token probe)</h3>")
+        out.append(
+            H.table(
+                ["backbone", "images with lesions", "hit rate (pointing game)", "patch AUROC"],
+                [[r["backbone"], r["images"], r["hit_rate"], r["patch_auroc"]] for r in loc],
+            )
+        )
+    return "\n".join(out)
+
+
+def _section_crops(cfg) -> str:
+    from mammodino.report.model_views import sample_crops
+
+    samples = sample_crops(cfg, N_CROP_SAMPLES)
+    note = (
+        f"crops.sampler={cfg.crops.sampler}, masking.mode={cfg.masking.mode}: per sample the global "
+        "crops, the tissue fraction of each ViT patch (yellow = all breast) and the iBOT mask "
+        "(red = masked patch), then the local crops."
+    )
+    return f'<p class="note">{H.esc(note)}</p>' + H.image(figures.crop_samples(samples), "crops")
+
+
+def _section_backbone(run: Path, cache: Path) -> str:
+    from mammodino.eval.embed import load_backbone
+    from mammodino.report.model_views import canvas_image, cls_attention, patch_pca_rgb
+
+    backbone = load_backbone(run)
+    rows = _pick_rows(_manifest(cache), N_IMAGES)
+    pairs = [_load_pair(cache, r) for r in rows]
+    images = [p[0] for p in pairs]
+    attention = cls_attention(backbone, images)
+    pca = patch_pca_rgb(backbone, images, [p[1] for p in pairs])
+    shown = [canvas_image(im) for im in images]
+    titles = [f"{r.get('laterality', '')} {r.get('view', '')}".strip() for r in rows]
+    note = (
+        f"Teacher backbone at {backbone.image_size} px ({backbone.grid_size}x{backbone.grid_size} "
+        "patches). Attention: CLS to patches, last block, mean over heads. PCA: first three "
+        "components of the patch features of the breast patches of these images as RGB."
+    )
+    maps = {"CLS attention (last block)": list(attention), "patch PCA (RGB)": list(pca)}
+    return f'<p class="note">{H.esc(note)}</p>' + H.image(
+        figures.image_maps(shown, maps, titles=titles), "attention and PCA"
+    )
+
+
+def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
+    from mammodino.report.model_views import canvas_image
+
+    with_maps = [r for r in results if (r.folder / "heatmaps.npz").is_file()]
+    if not with_maps:
+        return (
+            '<p class="note">No heat maps: run `mammodino eval --localization` on patch-grid '
+            "features (embed --patch-grid).</p>"
+        )
+    if cache is None or not (cache / "manifest.csv").is_file():
+        return '<p class="note">Heat maps found but the run\'s cache (data.source) is missing.</p>'
+    rows = {r["id"]: r for r in _manifest(cache)}
+    first = np.load(with_maps[0].folder / "heatmaps.npz", allow_pickle=False)
+    ids = [str(i) for i in first["ids"]]
+    lesion = [i for i, m in zip(ids, first["lesion_masks"], strict=True) if m.any() and i in rows]
+    chosen = lesion[:N_IMAGES]
+    if not chosen:
+        return '<p class="note">No held-out image with a lesion among the heat maps.</p>'
+    images = [canvas_image(_load_pair(cache, rows[i])[0]) for i in chosen]
+    maps: dict[str, list[np.ndarray]] = {
+        "lesion patches": [first["lesion_masks"][ids.index(i)].astype(float) for i in chosen]
+    }
+    seen = set()
+    for r in with_maps:
+        if r.backbone in seen:
+            continue
+        seen.add(r.backbone)
+        data = np.load(r.folder / "heatmaps.npz", allow_pickle=False)
+        index = {str(i): k for k, i in enumerate(data["ids"])}
+        if all(i in index for i in chosen):
+            maps[r.backbone] = [data["heatmaps"][index[i]] for i in chosen]
+    note = "Out-of-fold lesion probability per patch (probe trained on the other folds)."
+    return f'<p class="note">{note}</p>' + H.image(figures.image_maps(images, maps), "heat maps")
+
+
+def _guard(name: str, make: Callable[[], str]) -> str:
+    """A section, or one line saying why it could not be drawn (the rest of the report stays)."""
+    try:
+        return make()
+    except Exception as err:  # noqa: BLE001 - a report shows what it can and says what it cannot
+        return f'<p class="note">{H.esc(name)} not available: {H.esc(type(err).__name__)}: {H.esc(err)}</p>'
+
+
+def build_report(run: Path, evals: Sequence[Path] = (), output: Path | None = None) -> Path:
+    """Write the report of `run` (and of the results.json under RUN/eval and `evals`)."""
+    from mammodino.config import load_config
+    from mammodino.errors import ConfigError
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ConfigError(f"{run}: not a run folder")
+    output = Path(output) if output else run / "report.html"
+    cfg = load_config(preset=run / "config.yaml") if (run / "config.yaml").is_file() else None
+    folders = [p for p in [run / "eval", *map(Path, evals)] if p.exists()]
+    results = find_results(folders)
+    source = cfg.data.source if cfg is not None else None
+    cache = Path(source) if source and (Path(source) / "manifest.csv").is_file() else None
+    sections = [
+        ("training", "Training curves", _section_training(run)),
+        ("evaluation", "Evaluation (patient-level cross-validation)", _section_evaluation(results)),
+    ]
+    if cfg is not None and cache is not None:
+        sections.append(
+            ("crops", "Sampled crops and masks", _guard("crops", lambda: _section_crops(cfg)))
+        )
+    if cache is not None and (run / "checkpoints").is_dir():
+        sections.append(
+            (
+                "backbone",
+                "Attention and patch-feature PCA",
+                _guard("maps", lambda: _section_backbone(run, cache)),
+            )
+        )
+    sections.append(
+        (
+            "localization",
+            "Lesion heat maps",
+            _guard("heat maps", lambda: _section_heatmaps(results, cache)),
+        )
+    )
+    arch = f"{cfg.model.arch}/{cfg.model.patch_size}" if cfg is not None else "unknown model"
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    subtitle = f"run {run.name}: {arch}; {len(results)} evaluation result(s); generated {when}"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(H.page(f"MammoDINO report: {run.name}", subtitle, sections))
+    return output

@@ -1,0 +1,39 @@
+"""Kill and resume (issue 9): SIGKILL a tiny `mammodino pretrain` at seeded random moments, resume
+with --resume, finish with the weights of an uninterrupted run; `last.pt` loads after every kill.
+`mammodino prepare` killed and rerun writes the manifest of one clean run, with no duplicates.
+Helpers and the 10-kill version: benchmarks/kill_resume.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+kr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kr)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_pretrain_killed_three_times_resumes_to_identical_weights(tmp_path):
+    trial = kr.kill_resume_trial(tmp_path, kills=3, steps=8, seed=0, max_wait=1.0)
+    assert trial["kills"] == 3
+    assert trial["last_loadable_after_every_kill"], trial["last_steps"]
+    assert trial["final_step"] == 8
+    assert trial["metrics_steps_unique"]
+    assert trial["weights_equal"]
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_prepare_killed_and_rerun_gives_the_clean_manifest(tmp_path):
+    result = kr.prepare_kill_trial(tmp_path, kills=2, seed=0)
+    assert result["kills"] >= 1
+    assert result["manifest_equal"]
+    assert result["duplicates"] == 0
+    assert result["rows"] == 40
+    assert result["images_equal"]

@@ -1,0 +1,149 @@
+"""Safe weights (issue 9): a checkpoint that would run code when unpickled is refused by every
+loader (checkpoint, backbone, weight conversion, `pretrain --resume`, `embed --weights`), and the
+code never runs (its marker file is not created)."""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mammodino.errors import CheckpointError
+from mammodino.eval.embed import load_backbone
+from mammodino.models.convert import read_state_dict
+from mammodino.train.checkpoint import FORMAT, VERSION, load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+kr = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(kr)
+
+
+class Exploit:
+    """Unpickling this calls open(marker, 'w'): the file appears if the loader runs pickled code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+def write_exploits(folder: Path, marker: Path) -> dict[str, Path]:
+    """The same payload as a torch zip checkpoint, a legacy pickle and a state-dict-like file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, "step": 1, "teacher": {"x": Exploit(marker)},
+               "student": {}, "arch": {}, "config": ""}  # fmt: skip
+    files = {"zip": folder / "last.pt", "legacy": folder / "step_00000001.pt",
+             "weights": folder / "backbone.pth", "bin": folder / "pytorch_model.bin"}  # fmt: skip
+    torch.save(payload, files["zip"])
+    files["legacy"].write_bytes(pickle.dumps(payload, protocol=2))
+    torch.save({"state_dict": {"pos_embed": Exploit(marker)}}, files["weights"])
+    torch.save({"model": Exploit(marker)}, files["bin"])
+    return files
+
+
+@pytest.fixture
+def exploits(tmp_path):
+    marker = tmp_path / "PWNED"
+    return write_exploits(tmp_path / "weights", marker), marker
+
+
+def test_the_exploit_is_armed(tmp_path):
+    """Sanity: an unsafe torch.load does run the payload (so the refusals below mean something)."""
+    marker = tmp_path / "armed"
+    files = write_exploits(tmp_path / "w", marker)
+    torch.load(files["zip"], weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "weights", "bin"])
+def test_load_checkpoint_refuses(exploits, kind):
+    files, marker = exploits
+    with pytest.raises(CheckpointError):
+        load_checkpoint(files[kind])
+    assert not marker.exists()
+
+
+def test_load_checkpoint_of_a_folder_refuses(exploits):
+    files, marker = exploits
+    with pytest.raises(CheckpointError):
+        load_checkpoint(files["zip"].parent)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "weights", "bin"])
+def test_read_state_dict_refuses(exploits, kind):
+    files, marker = exploits
+    with pytest.raises(CheckpointError):
+        read_state_dict(files[kind])
+    assert not marker.exists()
+
+
+def test_read_state_dict_of_an_hf_folder_refuses(tmp_path):
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    torch.save({"pos_embed": Exploit(marker)}, folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError):
+        read_state_dict(folder)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "weights", "bin"])
+def test_load_backbone_refuses(exploits, kind):
+    files, marker = exploits
+    with pytest.raises(CheckpointError):
+        load_backbone(files[kind])
+    assert not marker.exists()
+
+
+def test_load_backbone_of_a_run_folder_refuses(tmp_path):
+    marker = tmp_path / "PWNED"
+    files = write_exploits(tmp_path / "run" / "checkpoints", marker)
+    with pytest.raises(CheckpointError):
+        load_backbone(files["zip"].parent.parent)
+    assert not marker.exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mammodino", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=kr.env(),
+    )
+
+
+@pytest.mark.multiproc
+def test_cli_pretrain_resume_and_embed_refuse(tmp_path):
+    """`pretrain --resume` on a run whose last.pt is hostile, `embed --weights` on the file."""
+    marker = tmp_path / "PWNED"
+    cache = kr.write_cache(tmp_path / "cache")
+    run = tmp_path / "run"
+    run.mkdir()
+    preset = kr.write_preset(tmp_path / "tiny.yaml", cache, 2)
+    from mammodino.config import load_config
+
+    load_config(preset=preset).save(run / "config.yaml")
+    files = write_exploits(run / "checkpoints", marker)
+
+    out = _cli("pretrain", "--output-dir", str(run), "--resume", "--no-progress")
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "error" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+    for weights in (files["zip"], files["weights"], run):
+        out = _cli("embed", "--weights", str(weights), "--input", str(cache), "--output",
+                   str(tmp_path / "feats"), "--no-progress")  # fmt: skip
+        assert out.returncode == 1, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+        assert not marker.exists()
