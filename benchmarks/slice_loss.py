@@ -168,7 +168,9 @@ def main() -> None:
             print(
                 f"  {row['config']:11s} batch {row['batch']:3d} dbt_fraction {fraction:.2f} "
                 f"({row['pairs']} pairs at {row['pair_size']} px): without {row['without']:.3f} "
-                f"s/step, with {row['with']:.3f} s/step: +{row['overhead']:.1%} ({verdict})"
+                f"s/step, with {row['with']:.3f} s/step: +{row['overhead']:.1%} ({verdict}); "
+                f"FLOPs {row['gflop']['without']:.1f} -> {row['gflop']['with']:.1f} GFLOP/step: "
+                f"+{row['flop_overhead']:.1%}"
             )
 
 

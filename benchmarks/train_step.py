@@ -147,8 +147,14 @@ def main() -> None:
         if tunables:
             env["GLIBC_TUNABLES"] = tunables
         command = [sys.executable, __file__, "--child", *sys.argv[1:]]
-        lines = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
-        rows = [json.loads(line) for line in lines.splitlines() if line.startswith("{")]
+        rows = []
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as child_proc:
+            for line in child_proc.stdout:  # show each figure as it comes: steps can be slow here
+                if line.startswith("{"):
+                    rows.append(json.loads(line))
+                    print(f"  [{name}] {line.strip()}", flush=True)
+        if child_proc.returncode:
+            raise SystemExit(f"benchmark child failed with exit code {child_proc.returncode}")
         peak = rows[-1]["peak"]
         print(f"\nmalloc tunables {name}: matmul peak fp32 {peak['fp32']:.0f} GFLOP/s, "
               f"bf16 {peak['bf16']:.0f} GFLOP/s")  # fmt: skip

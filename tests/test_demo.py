@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -95,7 +94,10 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     eval_dir = demo.runs / "mammodino" / "eval"
     for task in (*TASKS, "localization"):
         for backbone in BACKBONES:
-            data = json.loads((eval_dir / task / backbone / "results.json").read_text())
+            out = eval_dir / task / backbone
+            if task == "malignancy" and (out / "skipped.json").is_file():
+                continue  # a 2-fold split of ~8 lesions may leave one class in a fold
+            data = json.loads((out / "results.json").read_text())
             assert ("localization" in data) == (task == "localization")
     steps = [
         json.loads(line)["step"]

@@ -200,7 +200,15 @@ def _tiff(width: int, height: int) -> bytes:
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + b"\x00" * 64
 
 
-def bomb_files(folder: Path, seeds: dict[str, bytes]) -> dict[str, Path]:
+def png_chunk_bomb(png: bytes) -> bytes:
+    """A valid small PNG whose IDAT chunk length field claims 1.29 GB (found by the fuzzer)."""
+    at = png.index(b"IDAT") - 4
+    return png[:at] + struct.pack(">I", 0x4CE0E666) + png[at + 4 :]
+
+
+def bomb_files(
+    folder: Path, seeds: dict[str, bytes], with_chunk_bomb: bool = False
+) -> dict[str, Path]:
     """Files of a few hundred bytes whose headers declare 60000 x 60000 (or 4096+ frames)."""
     files = {
         "png": _png(60000, 60000),
@@ -217,6 +225,8 @@ def bomb_files(folder: Path, seeds: dict[str, bytes]) -> dict[str, Path]:
         ),  # fmt: skip
     }
     out = {}
+    if with_chunk_bomb:
+        files["chunk.png"] = png_chunk_bomb(seeds["gray8.png"])
     for name, data in files.items():
         out[name] = folder / f"bomb.{name}"
         out[name].write_bytes(data)
@@ -257,7 +267,7 @@ def test_declared_size_beyond_file_is_refused_as_truncated(seeds, tmp_path):
 
 def test_bombs_resident_memory_in_a_fresh_process(seeds, tmp_path):
     """Resident memory (which tracemalloc cannot see for cv2/tifffile) grows < 64 MB on bombs."""
-    paths = [str(p) for p in bomb_files(tmp_path, seeds).values()]
+    paths = [str(p) for p in bomb_files(tmp_path, seeds, with_chunk_bomb=True).values()]
     code = (
         "import resource, sys\n"
         "from mammodino.io.reader import read_image\n"
@@ -277,6 +287,15 @@ def test_bombs_resident_memory_in_a_fresh_process(seeds, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     grown_kb = int(out.stdout.split()[-1])
     assert grown_kb < 64 * 1024, f"max RSS grew {grown_kb / 1024:.0f} MB"
+
+
+def test_png_chunk_length_bomb_is_refused_quickly(seeds, tmp_path):
+    """A 400-byte PNG whose IDAT length says 1.29 GB: OpenCV 5 allocates ~3.6 GB and spends 5-10 s
+    before failing, so the reader must check chunk lengths against the file size first."""
+    path = tmp_path / "chunk.png"
+    path.write_bytes(png_chunk_bomb(seeds["gray8.png"]))
+    kind, detail = fuzz.read_case(str(path), "none", 2.0)
+    assert kind == "refused", f"{kind}: {detail}"
 
 
 # ---------------------------------------------------------------- regressions found by the fuzzer

@@ -8,6 +8,7 @@ report once it exists) run on them; every output file (text and binary, inside z
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import re
 import struct
@@ -131,22 +132,43 @@ def blobs(path: Path) -> list[bytes]:
             out += [name.encode() for name in archive.namelist()]
     if data.startswith(b"\x89PNG"):
         out += _png_text_chunks(data)
+    # HTML reports embed images as base64 data URIs: decode them and scan their chunks too.
+    for match in re.finditer(rb"base64,([A-Za-z0-9+/=]+)", data):
+        decoded = base64.b64decode(match.group(1) + b"==", validate=False)
+        out.append(decoded)
+        if decoded.startswith(b"\x89PNG"):
+            out += _png_text_chunks(decoded)
     return out
 
 
+ENCODINGS = ("utf-8", "utf-16-le", "utf-32-le")  # numpy unicode arrays (.npz) are UTF-32
+
+
+def _needles() -> list[str]:
+    dates = [*DATE_ATTRIBUTES.values()]
+    dates += [f"{d[:4]}-{d[4:6]}-{d[6:8]}" for d in DATE_ATTRIBUTES.values()]
+    return [TEXT_PREFIX, TEXT_PREFIX.lower(), UID_PREFIX, *dates]
+
+
 def find_phi(data: bytes, sentinels: set[str]) -> set[str]:
-    """Sentinels in `data` (text ones by their common prefix, case-insensitive)."""
-    lowered = data.lower()
+    """Sentinels in `data`, as 8-bit, UTF-16 or UTF-32 text (text ones in any letter case)."""
     hits = set()
+    lowered = data.lower()
     if TEXT_PREFIX.lower().encode() in lowered:
-        hits |= {m.decode() for m in re.findall(rb"qzxphi\d\dF\d\d", data, flags=re.I)} or {"QZXPHI?"}
-    if UID_PREFIX.encode() in data:
-        hits |= {s for s in sentinels if s.startswith(UID_PREFIX) and s.encode() in data} or {
-            "1.2.999.?"
-        }
-    for date in DATE_ATTRIBUTES.values():
-        variants = (date, f"{date[:4]}-{date[4:6]}-{date[6:8]}")
-        hits |= {date for v in variants if v.encode() in data}
+        hits |= {m.decode() for m in re.findall(rb"qzxphi\d\dF\d\d", data, flags=re.I)}
+        hits |= set() if hits else {TEXT_PREFIX + "?"}
+    for sentinel in sentinels:
+        if sentinel.startswith(UID_PREFIX) and sentinel.encode() in data:
+            hits.add(sentinel)
+    for encoding in ENCODINGS:
+        for needle in _needles():
+            if needle.encode(encoding) in data:
+                if needle.startswith(UID_PREFIX) and not any(h.startswith(UID_PREFIX) for h in hits):
+                    hits.add(f"{UID_PREFIX}? ({encoding})")
+                elif needle[0].isdigit() and not needle.startswith(UID_PREFIX):
+                    hits.add(needle.replace("-", ""))
+                elif encoding != "utf-8":
+                    hits.add(f"{needle}? ({encoding})")
     return hits
 
 
@@ -197,8 +219,8 @@ def test_no_phi_in_any_output_or_console(tmp_path):
           "--k", "2", "--output", str(results)], console)  # fmt: skip
     outputs = [cache, run, feats, results, sheet]
     if (REPO / "src" / "mammodino" / "commands" / "report.py").is_file():
-        report = tmp_path / "report"
-        _run(["report", "--results", str(results), "--output", str(report)], console)
+        report = tmp_path / "report.html"
+        _run(["report", str(run), "--evals", str(results), "--output", str(report)], console)
         outputs.append(report)
 
     files = [p for root in outputs for p in ([root] if root.is_file() else root.rglob("*"))
@@ -211,5 +233,29 @@ def test_no_phi_in_any_output_or_console(tmp_path):
         if found:
             hits[str(path.relative_to(tmp_path))] = sorted(found)
     console_hits = find_phi("\n".join(console).encode(), sentinels)
+    size = sum(p.stat().st_size for p in files)
+    print(f"PHI audit: {len(sentinels)} sentinels in 9 DICOMs; {len(files)} output files "
+          f"({size / 2**20:.0f} MB) and {len(console)} commands' console scanned; "
+          f"hits: {len(hits)} files, {len(console_hits)} console")
     assert not hits, f"PHI in outputs: {hits}"
     assert not console_hits, f"PHI on the console: {sorted(console_hits)}"
+
+
+def test_scanner_sees_inside_containers(tmp_path):
+    """Sanity: a sentinel inside a compressed .npz, a torch .pt, a PNG zTXt chunk base64-embedded
+    in HTML, and a UID and a date in plain text are all found."""
+    import torch
+
+    word = text_sentinel("PatientName", 3)
+    np.savez_compressed(tmp_path / "a.npz", ids=np.array([word]))
+    torch.save({"meta": word}, tmp_path / "b.pt")
+    ztxt = b"zTXt" + b"Comment\x00\x00" + zlib.compress(word.encode())
+    chunk = struct.pack(">I", len(ztxt) - 4) + ztxt + struct.pack(">I", zlib.crc32(ztxt))
+    png = b"\x89PNG\r\n\x1a\n" + chunk
+    (tmp_path / "c.html").write_bytes(b"<img src='data:image/png;base64," + base64.b64encode(png) + b"'>")
+    uid = uid_sentinel("StudyInstanceUID", 1)
+    (tmp_path / "d.csv").write_text(f"x,{uid},1931-06-12\n")
+    for name in ("a.npz", "b.pt", "c.html"):
+        found = set().union(*(find_phi(b, {word}) for b in blobs(tmp_path / name)))
+        assert found, name
+    assert find_phi((tmp_path / "d.csv").read_bytes(), {uid}) == {uid, "19310612"}

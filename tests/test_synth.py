@@ -62,7 +62,6 @@ def test_ffdm_texture_power_spectrum_slope_is_about_three():
     assert 2.5 <= beta <= 3.5, beta
 
 
-@pytest.mark.slow
 def test_dbt_lesion_contrast_peaks_at_its_true_depth():
     """Acceptance 2: the reconstructed lesion's contrast peaks within +-1 slice of its centre.
 

@@ -16,6 +16,7 @@ from mammodino.synth.dicom_writer import (
     DicomMeta,
     derived_uid,
     write_dbt_dicom,
+    write_dbt_slices,
     write_ffdm_dicom,
 )
 
@@ -113,3 +114,19 @@ def test_writers_are_usable_on_their_own(tmp_path):
             DicomMeta("p", "s", "i", "L", "CC", 0.1),
         )
     assert derived_uid("x") == derived_uid("x") != derived_uid("y") and len(derived_uid("x")) <= 64
+
+
+def test_dbt_slices_folder_reads_back_as_one_volume(tmp_path):
+    from mammodino.io.volumes import open_volume
+
+    meta = DicomMeta("p1", "study-2", "vol-1", "L", "CC", 0.4, slice_spacing_mm=1.1)
+    volume = np.stack([np.full((40, 32), 100 * (k + 1), np.uint16) for k in range(5)])
+    paths = write_dbt_slices(tmp_path / "vol", volume, meta)
+    assert len(paths) == 5
+    opened = open_volume(tmp_path / "vol")
+    assert opened.n_slices == 5 and opened.slice_spacing_mm == pytest.approx(1.1)
+    series = {pydicom.dcmread(p).SeriesInstanceUID for p in paths}
+    frames = {pydicom.dcmread(p).FrameOfReferenceUID for p in paths}
+    assert len(series) == len(frames) == 1
+    values = [int(pydicom.dcmread(f).pixel_array[0, 0]) for f in opened.files]
+    assert values == [100, 200, 300, 400, 500]

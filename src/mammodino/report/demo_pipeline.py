@@ -17,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mammodino.errors import MammodinoError
+from mammodino.errors import EvaluationError, MammodinoError
 
 TASKS = ("density", "lesion_present", "malignancy")
 BACKBONES = ("mammodino", "dinov2-recipe", "random-init", "handcrafted")
+SKIPPED_NAME = "skipped.json"
 BASELINE_OVERRIDES = ("crops.sampler=random", "masking.mode=random", "dbt.slice_loss_weight=0")
 
 
@@ -142,6 +143,10 @@ def pretrain(demo: Demo, name: str, extra: list[str]) -> None:
         raise MammodinoError(f"demo pretraining {name!r} failed with exit code {result.returncode}")
 
 
+def _finished(out: Path) -> bool:
+    return (out / "results.json").is_file() or (out / SKIPPED_NAME).is_file()
+
+
 def evaluate_all(demo: Demo, backbone: str) -> None:
     """Patient-level CV of every task (kNN + logreg) and localization for one backbone."""
     from mammodino.eval.evaluate import EvalSettings, evaluate, write_results
@@ -150,7 +155,7 @@ def evaluate_all(demo: Demo, backbone: str) -> None:
     feats = demo.feats / backbone
     for task in (*TASKS, None):
         out = demo.runs / "mammodino" / "eval" / (task or "localization") / backbone
-        if (out / "results.json").is_file():
+        if _finished(out):
             continue
         settings = EvalSettings(
             task=task,
@@ -164,7 +169,14 @@ def evaluate_all(demo: Demo, backbone: str) -> None:
             localization=task is None,
             positive="1" if task in ("lesion_present", "malignancy") else None,
         )
-        results, predictions, arrays = evaluate(feats, demo.labels, settings)
+        try:
+            results, predictions, arrays = evaluate(feats, demo.labels, settings)
+        except (EvaluationError, ValueError) as err:
+            # Too few cases of a class for the folds (tiny sets): say so, keep the other tasks.
+            demo.log(f"[demo] {task or 'localization'} of {backbone} skipped: {err}")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / SKIPPED_NAME).write_text(json.dumps({"reason": str(err)}))
+            continue
         write_results(out, results, predictions, arrays)
 
 
@@ -234,10 +246,7 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
         lambda: extract_handcrafted(demo.eval_cache, demo.feats / "handcrafted"),
     )
     for name in BACKBONES:
-        done = all(
-            (main_run / "eval" / t / name / "results.json").is_file()
-            for t in (*TASKS, "localization")
-        )
+        done = all(_finished(main_run / "eval" / t / name) for t in (*TASKS, "localization"))
         demo.stage(f"evaluate {name}", done, lambda name=name: evaluate_all(demo, name))
     return demo
 

@@ -3,11 +3,13 @@
 FFDM: Digital Mammography X-Ray Image Storage - For Presentation. DBT: Breast Tomosynthesis Image
 Storage, one multi-frame file with shared and per-frame functional groups, laid out like the
 Duke BCS-DBT files (MONOCHROME2, window in the frame VOI groups, slice spacing in Pixel Measures).
-Both take `DicomMeta`, so other layouts (e.g. a folder of single-slice files) can reuse them.
+All take `DicomMeta`; `write_dbt_slices` writes the other common DBT layout, a folder of
+single-slice files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from dataclasses import dataclass
@@ -64,7 +66,12 @@ def _window(pixels: np.ndarray, bits: int) -> tuple[float, float]:
     return float(round((low + high) / 2)), float(max(round(high - low), 1))
 
 
-def _base_dataset(meta: DicomMeta, sop_class: str, pixels: np.ndarray) -> Dataset:
+def _base_dataset(
+    meta: DicomMeta,
+    sop_class: str,
+    pixels: np.ndarray,
+    window: tuple[float, float] | None = None,
+) -> Dataset:
     """Patient, study, series, equipment and image-pixel modules shared by FFDM and DBT."""
     if meta.bits_stored not in (12, 14, 16) or pixels.dtype != np.uint16:
         raise ValueError("pixels must be uint16 with 12, 14 or 16 bits stored")
@@ -88,7 +95,11 @@ def _base_dataset(meta: DicomMeta, sop_class: str, pixels: np.ndarray) -> Datase
     ds.SeriesInstanceUID = derived_uid(
         f"series:{meta.study_key}:{meta.series_number}:{meta.laterality}{meta.view}"
     )
-    ds.FrameOfReferenceUID = derived_uid(f"frame:{meta.instance_key}")
+    # One frame of reference per breast and series, so the slices of a volume written one file
+    # per slice share it.
+    ds.FrameOfReferenceUID = derived_uid(
+        f"frame:{meta.study_key}:{meta.series_number}:{meta.laterality}{meta.view}"
+    )
     ds.StudyID = meta.study_key[-8:]
     ds.AccessionNumber = ""
     ds.ReferringPhysicianName = ""
@@ -125,7 +136,7 @@ def _base_dataset(meta: DicomMeta, sop_class: str, pixels: np.ndarray) -> Datase
     ds.RescaleIntercept = 0
     ds.RescaleSlope = 1
     ds.RescaleType = "US"
-    centre, width = _window(pixels, meta.bits_stored)
+    centre, width = window or _window(pixels, meta.bits_stored)
     ds.WindowCenter, ds.WindowWidth = centre, width
     ds.VOILUTFunction = "LINEAR"
     ds.LossyImageCompression = "00"
@@ -160,9 +171,40 @@ def write_dbt_dicom(path: str | Path, volume: np.ndarray, meta: DicomMeta) -> Pa
 
     Frame 1 is the slice nearest the detector; frame positions step by `meta.slice_spacing_mm`.
     """
+    return _save(_dbt_dataset(volume, meta), path)
+
+
+def write_dbt_slices(folder: str | Path, volume: np.ndarray, meta: DicomMeta) -> list[Path]:
+    """Write a volume as one single-frame Breast Tomosynthesis file per slice (slice_0001.dcm,
+    ...), the layout some archives use: one series, top-level ImagePositionPatient and
+    InstanceNumber per slice, one window for all."""
+    window = _window(volume, meta.bits_stored)
+    paths = []
+    for k in range(volume.shape[0]):
+        slice_meta = dataclasses.replace(
+            meta, instance_key=f"{meta.instance_key}:slice{k + 1}", instance_number=k + 1
+        )
+        ds = _dbt_dataset(volume[k : k + 1], slice_meta, first_slice=k, window=window)
+        ds.ImagePositionPatient = _slice_position(k, meta)
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        paths.append(_save(ds, Path(folder) / f"slice_{k + 1:04d}.dcm"))
+    return paths
+
+
+def _slice_position(index: int, meta: DicomMeta) -> list[float]:
+    return [0.0, 0.0, round((index + 0.5) * float(meta.slice_spacing_mm), 4)]
+
+
+def _dbt_dataset(
+    volume: np.ndarray,
+    meta: DicomMeta,
+    first_slice: int = 0,
+    window: tuple[float, float] | None = None,
+) -> Dataset:
+    """A Breast Tomosynthesis dataset of `volume`, whose first frame is slice `first_slice`."""
     if volume.ndim != 3 or not meta.slice_spacing_mm:
         raise ValueError("DBT needs a 3-D volume [slices, rows, cols] and slice_spacing_mm")
-    ds = _base_dataset(meta, DBT_SOP_CLASS, volume)
+    ds = _base_dataset(meta, DBT_SOP_CLASS, volume, window)
     n_frames = volume.shape[0]
     step = round(float(meta.slice_spacing_mm), 6)
     ds.ImageType = ["DERIVED", "PRIMARY", "TOMOSYNTHESIS", "NONE"]
@@ -200,12 +242,12 @@ def write_dbt_dicom(path: str | Path, volume: np.ndarray, meta: DicomMeta) -> Pa
         frame = Dataset()
         content = Dataset()
         content.StackID = "1"
-        content.InStackPositionNumber = k + 1
-        content.DimensionIndexValues = [k + 1]
+        content.InStackPositionNumber = first_slice + k + 1
+        content.DimensionIndexValues = [first_slice + k + 1]
         frame.FrameContentSequence = Sequence([content])
         position = Dataset()
-        position.ImagePositionPatient = [0.0, 0.0, round((k + 0.5) * step, 4)]
+        position.ImagePositionPatient = _slice_position(first_slice + k, meta)
         frame.PlanePositionSequence = Sequence([position])
         frames.append(frame)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    return _save(ds, path)
+    return ds

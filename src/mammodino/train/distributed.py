@@ -243,7 +243,10 @@ def parallelize(
     module = module.to(ctx.device)
     has_blocks = isinstance(getattr(module, "blocks", None), nn.ModuleList)
     if activation_checkpointing and trainable and has_blocks:
-        apply_activation_checkpointing(module)
+        if hasattr(module, "activation_checkpointing"):
+            module.activation_checkpointing = True  # the ViT checkpoints its own blocks
+        else:
+            apply_activation_checkpointing(module)
     if not ctx.enabled:
         return module
     if strategy == "fsdp":
