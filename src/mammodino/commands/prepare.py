@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "none", "mini-mias"),
         help="auto: mini-MIAS names mdbNNN pair right/left of one woman",
     )
+    parser.add_argument(
+        "--shards", nargs="?", const="", default=None, metavar="DIR",
+        help="also write WebDataset tar shards of the cache (default DIR: OUT/shards)",
+    )  # fmt: skip
+    parser.add_argument("--shard-samples", type=int, default=1000, help="samples per shard")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any file is skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--config", help="preset name or YAML path")
@@ -105,4 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if result.reused:
         print(f"{result.reused} already prepared by an earlier run (kept)", file=sys.stderr)
     print(result.summary())
+    if args.shards is not None:
+        from mammodino.data.shards import shard_prepared_cache
+
+        shard_dir = Path(args.shards or out / "shards")
+        index = shard_prepared_cache(out, shard_dir, max_samples=args.shard_samples)
+        print(f"{len(index.shards)} shards of {index.n_samples} samples in {shard_dir}")
     return 1 if args.strict and result.skipped else 0
