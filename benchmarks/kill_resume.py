@@ -80,7 +80,15 @@ def write_preset(path: Path, cache: Path, steps: int) -> Path:
 
 def pretrain_command(run: Path, preset: Path | None) -> list[str]:
     """`mammodino pretrain` for a fresh run (preset) or a resume (preset None)."""
-    base = [sys.executable, "-m", "mammodino", "pretrain", "--output-dir", str(run), "--no-progress"]
+    base = [
+        sys.executable,
+        "-m",
+        "mammodino",
+        "pretrain",
+        "--output-dir",
+        str(run),
+        "--no-progress",
+    ]
     return base + (["--config", str(preset)] if preset else ["--resume"])
 
 
@@ -176,7 +184,9 @@ def kill_resume_trial(folder: Path, kills: int, steps: int, seed: int, max_wait:
     steps_logged = [r["step"] for r in records if not r.get("skipped")]
     return {
         "kills": sum(e["killed"] for e in events),
-        "kills_before_first_checkpoint": sum(e["killed"] and e["last_step"] is None for e in events),
+        "kills_before_first_checkpoint": sum(
+            e["killed"] and e["last_step"] is None for e in events
+        ),
         "last_loadable_after_every_kill": all(
             e["last_step"] is not None or not e["resumed"] for e in events
         ),
@@ -264,17 +274,29 @@ def main() -> int:
         prep = prepare_kill_trial(Path(tmp) / "prepare", args.prepare_kills, args.seed)
     print(f"pretrain kill-and-resume: {args.steps} steps, seed {args.seed}, {seconds:.0f} s "
           "(shared machine)")  # fmt: skip
-    print(f"  kills survived: {trial['kills']} (of {args.kills} asked; "
-          f"{trial['kills_before_first_checkpoint']} before the first checkpoint)")
-    print(f"  last.pt loadable after every kill: {trial['last_loadable_after_every_kill']} "
-          f"(steps at the kills: {trial['last_steps']})")
-    print(f"  finished at step {trial['final_step']}; weights equal an uninterrupted run: "
-          f"{trial['weights_equal']}; metrics steps 1..{args.steps} once each: "
-          f"{trial['metrics_steps_unique']}")
-    print(f"prepare kill-and-rerun: {prep['kills']} kills; manifest equal to a clean run: "
-          f"{prep['manifest_equal']} ({prep['rows']} rows, {prep['duplicates']} duplicates); "
-          f"cached images equal: {prep['images_equal']}")
-    ok = trial["weights_equal"] and trial["last_loadable_after_every_kill"] and prep["manifest_equal"]
+    print(
+        f"  kills survived: {trial['kills']} (of {args.kills} asked; "
+        f"{trial['kills_before_first_checkpoint']} before the first checkpoint)"
+    )
+    print(
+        f"  last.pt loadable after every kill: {trial['last_loadable_after_every_kill']} "
+        f"(steps at the kills: {trial['last_steps']})"
+    )
+    print(
+        f"  finished at step {trial['final_step']}; weights equal an uninterrupted run: "
+        f"{trial['weights_equal']}; metrics steps 1..{args.steps} once each: "
+        f"{trial['metrics_steps_unique']}"
+    )
+    print(
+        f"prepare kill-and-rerun: {prep['kills']} kills; manifest equal to a clean run: "
+        f"{prep['manifest_equal']} ({prep['rows']} rows, {prep['duplicates']} duplicates); "
+        f"cached images equal: {prep['images_equal']}"
+    )
+    ok = (
+        trial["weights_equal"]
+        and trial["last_loadable_after_every_kill"]
+        and prep["manifest_equal"]
+    )
     return 0 if ok and not prep["duplicates"] else 1
 
 

@@ -13,9 +13,7 @@ from mammodino.cli import main
 from mammodino.config import load_config
 from mammodino.errors import ConfigError
 
-DEFAULTS = yaml.safe_load(
-    (resources.files("mammodino") / "configs" / "default.yaml").read_text()
-)
+DEFAULTS = yaml.safe_load((resources.files("mammodino") / "configs" / "default.yaml").read_text())
 
 
 def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -68,7 +66,9 @@ def test_section_typo_lists_sections(section):
     assert all(s in str(err.value) for s in DEFAULTS)
 
 
-@pytest.mark.parametrize("key", ["optim.base_lr", "train.seed", "crops.global_size", "prepare.margin"])
+@pytest.mark.parametrize(
+    "key", ["optim.base_lr", "train.seed", "crops.global_size", "prepare.margin"]
+)
 def test_yaml_preset_typo_lists_valid_keys(tmp_path, key):
     section, name = key.split(".")
     preset = tmp_path / "preset.yaml"
@@ -134,7 +134,9 @@ def _sources(folder: Path) -> Path:
 
 def test_prepare_override_typo_fails_before_any_output(tmp_path, capsys):
     src, out = _sources(tmp_path / "src"), tmp_path / "cache"
-    err = _cli_error(capsys, ["prepare", str(src), str(out), "prepare.cache_sise=64", "--no-progress"])
+    err = _cli_error(
+        capsys, ["prepare", str(src), str(out), "prepare.cache_sise=64", "--no-progress"]
+    )
     assert "'prepare.cache_sise'" in err and "cache_size" in err and "mask_size" in err
     assert not (out / "manifest.csv").exists() and not (out / "images").exists()
 
@@ -143,6 +145,8 @@ def test_prepare_yaml_typo_fails_before_any_output(tmp_path, capsys):
     src, out = _sources(tmp_path / "src"), tmp_path / "cache"
     preset = tmp_path / "typo.yaml"
     preset.write_text("prepare:\n  pectorall: true\n")
-    err = _cli_error(capsys, ["prepare", str(src), str(out), "--no-progress", "--config", str(preset)])
+    err = _cli_error(
+        capsys, ["prepare", str(src), str(out), "--no-progress", "--config", str(preset)]
+    )
     assert "'prepare.pectorall'" in err and "pectoral" in err
     assert not (out / "manifest.csv").exists() and not (out / "images").exists()

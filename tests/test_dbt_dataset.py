@@ -15,7 +15,8 @@ from mammodino.data.collate import collate_pretrain
 from mammodino.data.dataset import PretrainDataset, build_pretrain_dataset
 from mammodino.data.dbt_dataset import MixedPretrainDataset, split_manifest
 from mammodino.data.dbt_pairs import tissue_slice_range
-from mammodino.data.mixed_sampler import DBT, FFDM, MixedSampler, decode_key
+from mammodino.data.mixed_sampler import DBT, FFDM, MixedSampler, build_sampler, decode_key
+from mammodino.data.sampler import ResumableSampler
 from mammodino.errors import ConfigError
 
 TINY = [
@@ -208,3 +209,11 @@ def test_fraction_zero_keeps_slices_as_plain_images_and_bad_fractions_fail(cache
     assert len(mixed(dbt_only, "data.dbt_fraction=1.0")) == 2
     with pytest.raises(ConfigError, match="dbt_fraction"):
         mixed(cache, "data.dbt_fraction=1.5")
+
+
+def test_build_sampler_gives_mixed_sets_their_quota_and_others_resumable(cache):
+    dataset = mixed(cache)
+    sampler = build_sampler(dataset, seed=0, start_index=8, batch_size=4)
+    assert isinstance(sampler, MixedSampler) and sampler.quota == 2 and sampler.start_index == 8
+    plain = build_pretrain_dataset(load_config(overrides=[f"data.source={cache}", *TINY]))
+    assert isinstance(build_sampler(plain, seed=0, batch_size=4), ResumableSampler)

@@ -68,7 +68,7 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
 @pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     settings = DemoSettings(
-        n_ffdm=16,
+        n_ffdm=32,
         n_dbt=2,
         ffdm_shape=(96, 80),
         dbt_shape=(4, 64, 56),
@@ -92,13 +92,16 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     )
     demo = run_demo(tmp_path / "demo", settings, log=lambda _: None)
     eval_dir = demo.runs / "mammodino" / "eval"
+    classified = 0
     for task in (*TASKS, "localization"):
         for backbone in BACKBONES:
             out = eval_dir / task / backbone
-            if task == "malignancy" and (out / "skipped.json").is_file():
-                continue  # a 2-fold split of ~8 lesions may leave one class in a fold
+            if task != "localization" and (out / "skipped.json").is_file():
+                continue  # 8 women in 2 folds may leave a class out of a training fold
             data = json.loads((out / "results.json").read_text())
             assert ("localization" in data) == (task == "localization")
+            classified += task != "localization"
+    assert classified >= len(BACKBONES)  # at least one task per backbone on average
     steps = [
         json.loads(line)["step"]
         for name in ("mammodino", "dinov2-recipe")

@@ -17,7 +17,9 @@ from mammodino.cli import main
 from mammodino.train.checkpoint import list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+_spec = importlib.util.spec_from_file_location(
+    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
+)
 kr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kr)
 

@@ -74,14 +74,20 @@ element_ops = st.one_of(
     ),
     st.tuples(
         st.just("element"),
-        st.sampled_from(["PixelData", "Rows", "BitsStored", "NumberOfFrames", "PixelRepresentation"]),
+        st.sampled_from(
+            ["PixelData", "Rows", "BitsStored", "NumberOfFrames", "PixelRepresentation"]
+        ),
         st.none(),
     ),
 )
 dims = st.sampled_from([0, 1, 2, 8, 16, 60000, 2**31 - 1])
 raster_header_ops = st.one_of(
     st.tuples(
-        st.just("png_ihdr"), dims, dims, st.sampled_from([1, 8, 16, 3]), st.sampled_from([0, 2, 3, 4, 6, 7])
+        st.just("png_ihdr"),
+        dims,
+        dims,
+        st.sampled_from([1, 8, 16, 3]),
+        st.sampled_from([0, 2, 3, 4, 6, 7]),
     ),
     st.tuples(
         st.just("pgm_header"),
@@ -100,7 +106,9 @@ raster_header_ops = st.one_of(
 voi_modes = st.sampled_from(fuzz.VOI)
 
 
-def assert_reads_or_refuses(case_dir: Path, name: str, data: bytes, voi: str, timeout_s: float = 5.0):
+def assert_reads_or_refuses(
+    case_dir: Path, name: str, data: bytes, voi: str, timeout_s: float = 5.0
+):
     path = case_dir / ("case" + Path(name).suffix)
     path.write_bytes(data)
     kind, detail = fuzz.read_case(str(path), voi, timeout_s)
@@ -165,6 +173,9 @@ def test_fuzzed_dbt_every_frame(seeds, case_dir, data):
     [("element", "BitsStored", 32), ("element", "RescaleSlope", "nan")],
     [("truncate", 0.5)],
     [("flip", 0.0004, 3), ("element", "TransferSyntaxUID", "1.2.840.10008.1.2.4.50")],
+    [("element", "WindowWidth", "0")],  # decodes the whole JPEG 2000 image
+    [("flip", 0.5, 2)],  # a bit flip inside the JPEG 2000 codestream
+    [("overwrite", 0.7, b"\xff\x4f\xff\x51\x00\x00")],  # stray J2K markers mid-stream
 ])  # fmt: skip
 def test_fuzzed_full_size_mg1(dicom_samples_dir, tmp_path, ops):
     """The 5 MB NEMA MG1 mammogram, a few mutations only (each decode takes seconds)."""
@@ -175,11 +186,15 @@ def test_fuzzed_full_size_mg1(dicom_samples_dir, tmp_path, ops):
 # ---------------------------------------------------------------- decompression bombs
 
 
+def _chunk(body: bytes) -> bytes:
+    """A PNG chunk (type + data in `body`) with its length and CRC."""
+    return struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+
+
 def _png(width: int, height: int, depth: int = 16) -> bytes:
     ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, depth, 0, 0, 0, 0)
     idat = b"IDAT" + zlib.compress(b"\x00" * 64)
-    chunk = lambda body: struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))  # noqa: E731
-    return b"\x89PNG\r\n\x1a\n" + chunk(ihdr) + chunk(idat) + chunk(b"IEND")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(ihdr) + _chunk(idat) + _chunk(b"IEND")
 
 
 def _npy(shape: tuple[int, ...]) -> bytes:
@@ -220,8 +235,11 @@ def bomb_files(
         ),
         "frames.dcm": fuzz.apply_ops(
             seeds["dbt.dcm"],
-            [("element", "Rows", 16000), ("element", "Columns", 16000),
-             ("element", "NumberOfFrames", "99999999")],
+            [
+                ("element", "Rows", 16000),
+                ("element", "Columns", 16000),
+                ("element", "NumberOfFrames", "99999999"),
+            ],
         ),  # fmt: skip
     }
     out = {}
@@ -253,7 +271,9 @@ def test_declared_size_beyond_file_is_refused_as_truncated(seeds, tmp_path):
     """A DICOM claiming 16000 x 16000 (within MAX_SIDE) with 24 x 20 pixels: truncated, no decode."""
     path = tmp_path / "big.dcm"
     path.write_bytes(
-        fuzz.apply_ops(seeds["ffdm.dcm"], [("element", "Rows", 16000), ("element", "Columns", 16000)])
+        fuzz.apply_ops(
+            seeds["ffdm.dcm"], [("element", "Rows", 16000), ("element", "Columns", 16000)]
+        )
     )
     tracemalloc.start()
     try:

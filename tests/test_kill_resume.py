@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+_spec = importlib.util.spec_from_file_location(
+    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
+)
 kr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kr)
 

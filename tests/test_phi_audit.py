@@ -9,6 +9,7 @@ report once it exists) run on them; every output file (text and binary, inside z
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import re
 import struct
@@ -25,7 +26,9 @@ import pytest
 from mammodino.synth.dicom_writer import DicomMeta, write_dbt_dicom, write_ffdm_dicom
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+_spec = importlib.util.spec_from_file_location(
+    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
+)
 kr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kr)
 
@@ -53,7 +56,9 @@ def text_sentinel(attribute: str, file_index: int) -> str:
 
 
 def uid_sentinel(attribute: str, file_index: int) -> str:
-    return f"{UID_PREFIX}{7000 + UID_ATTRIBUTES.index(attribute)}.{file_index}.{424242 + file_index}"
+    return (
+        f"{UID_PREFIX}{7000 + UID_ATTRIBUTES.index(attribute)}.{file_index}.{424242 + file_index}"
+    )
 
 
 def breast(rows: int, cols: int, seed: int, level: int) -> np.ndarray:
@@ -88,20 +93,54 @@ def add_phi(path: Path, index: int) -> set[str]:
 
 
 def write_phi_sources(folder: Path) -> tuple[dict[str, str], set[str]]:
-    """8 FFDM (4 patients x L/R CC) and 1 DBT with sentinel PHI; labels by file name."""
+    """8 FFDM (4 patients x L/R CC), 1 DBT and 1 FFDM with invalid PHI values; labels by name."""
     folder.mkdir(parents=True)
     labels, sentinels = {}, set()
     for i in range(8):
         patient, side = i // 2, "LR"[i % 2]
         meta = DicomMeta(f"x{patient}", f"s{patient}", f"i{i}", side, "CC", 0.1)
-        path = write_ffdm_dicom(folder / f"img{i:02d}.dcm", breast(128, 96, i, 1500 + 1500 * (patient % 2)), meta)
+        path = write_ffdm_dicom(
+            folder / f"img{i:02d}.dcm", breast(128, 96, i, 1500 + 1500 * (patient % 2)), meta
+        )
         sentinels |= add_phi(path, i)
         labels[path.name] = "AC"[patient % 2]
     meta = DicomMeta("x9", "s9", "i9", "L", "MLO", 0.1, slice_spacing_mm=1.0)
     volume = np.stack([breast(96, 72, 100 + k, 2000) for k in range(3)])
     path = write_dbt_dicom(folder / "vol09.dcm", volume, meta)
     sentinels |= add_phi(path, 9)
+    meta = DicomMeta("x10", "s10", "i10", "R", "MLO", 0.1)
+    path = write_ffdm_dicom(folder / "img10.dcm", breast(128, 96, 10, 3000), meta)
+    sentinels |= add_invalid_phi(path, 10)
+    labels[path.name] = "C"
     return labels, sentinels
+
+
+def add_invalid_phi(path: Path, index: int) -> set[str]:
+    """PHI values that break their VR (too long, letters in dates, a leading-zero UID component):
+    pydicom's validation warnings must not echo them to the console."""
+    from pydicom.config import IGNORE, settings
+
+    ds = pydicom.dcmread(path)
+    sentinels = set()
+    previous = settings.writing_validation_mode
+    settings.writing_validation_mode = IGNORE
+    try:
+        for attribute in TEXT_ATTRIBUTES:
+            setattr(ds, attribute, text_sentinel(attribute, index) + "X" * 70)
+            sentinels.add(text_sentinel(attribute, index))
+        for k, attribute in enumerate(DATE_ATTRIBUTES):
+            value = f"{TEXT_PREFIX}{90 + k:02d}F{index:02d}"
+            setattr(ds, attribute, value)
+            sentinels.add(value)
+        for attribute in UID_ATTRIBUTES:
+            value = f"{UID_PREFIX}0{7000 + UID_ATTRIBUTES.index(attribute)}.{index}"
+            setattr(ds, attribute, value)
+            sentinels.add(value)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(path, enforce_file_format=False)
+    finally:
+        settings.writing_validation_mode = previous
+    return sentinels
 
 
 def _png_text_chunks(data: bytes) -> list[bytes]:
@@ -114,10 +153,8 @@ def _png_text_chunks(data: bytes) -> list[bytes]:
             out.append(body)
         elif kind in (b"zTXt", b"iTXt"):
             out.append(body)
-            try:
+            with contextlib.suppress(ValueError, zlib.error):
                 out.append(zlib.decompressobj().decompress(body[body.index(b"\x00") + 2 :]))
-            except (ValueError, zlib.error):
-                pass
         at += 12 + length
     return out
 
@@ -163,7 +200,9 @@ def find_phi(data: bytes, sentinels: set[str]) -> set[str]:
     for encoding in ENCODINGS:
         for needle in _needles():
             if needle.encode(encoding) in data:
-                if needle.startswith(UID_PREFIX) and not any(h.startswith(UID_PREFIX) for h in hits):
+                if needle.startswith(UID_PREFIX) and not any(
+                    h.startswith(UID_PREFIX) for h in hits
+                ):
                     hits.add(f"{UID_PREFIX}? ({encoding})")
                 elif needle[0].isdigit() and not needle.startswith(UID_PREFIX):
                     hits.add(needle.replace("-", ""))
@@ -195,6 +234,7 @@ def test_sentinels_are_in_the_sources(tmp_path):
     assert text <= found and set(DATE_ATTRIBUTES.values()) <= found
     assert {s for s in sentinels if s.startswith(UID_PREFIX)} <= found
     assert len(TEXT_ATTRIBUTES) + len(DATE_ATTRIBUTES) + len(UID_ATTRIBUTES) == 38
+    assert len(sentinels) == 9 * (28 + 4) + 6 + 38
 
 
 @pytest.mark.slow
@@ -234,9 +274,11 @@ def test_no_phi_in_any_output_or_console(tmp_path):
             hits[str(path.relative_to(tmp_path))] = sorted(found)
     console_hits = find_phi("\n".join(console).encode(), sentinels)
     size = sum(p.stat().st_size for p in files)
-    print(f"PHI audit: {len(sentinels)} sentinels in 9 DICOMs; {len(files)} output files "
-          f"({size / 2**20:.0f} MB) and {len(console)} commands' console scanned; "
-          f"hits: {len(hits)} files, {len(console_hits)} console")
+    print(
+        f"PHI audit: {len(sentinels)} sentinels in 10 DICOMs; {len(files)} output files "
+        f"({size / 2**20:.0f} MB) and {len(console)} commands' console scanned; "
+        f"hits: {len(hits)} files, {len(console_hits)} console"
+    )
     assert not hits, f"PHI in outputs: {hits}"
     assert not console_hits, f"PHI on the console: {sorted(console_hits)}"
 
@@ -252,7 +294,9 @@ def test_scanner_sees_inside_containers(tmp_path):
     ztxt = b"zTXt" + b"Comment\x00\x00" + zlib.compress(word.encode())
     chunk = struct.pack(">I", len(ztxt) - 4) + ztxt + struct.pack(">I", zlib.crc32(ztxt))
     png = b"\x89PNG\r\n\x1a\n" + chunk
-    (tmp_path / "c.html").write_bytes(b"<img src='data:image/png;base64," + base64.b64encode(png) + b"'>")
+    (tmp_path / "c.html").write_bytes(
+        b"<img src='data:image/png;base64," + base64.b64encode(png) + b"'>"
+    )
     uid = uid_sentinel("StudyInstanceUID", 1)
     (tmp_path / "d.csv").write_text(f"x,{uid},1931-06-12\n")
     for name in ("a.npz", "b.pt", "c.html"):

@@ -20,7 +20,9 @@ from mammodino.models.convert import read_state_dict
 from mammodino.train.checkpoint import FORMAT, VERSION, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_kill", REPO / "benchmarks" / "kill_resume.py")
+_spec = importlib.util.spec_from_file_location(
+    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
+)
 kr = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(kr)
 
@@ -122,6 +124,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.multiproc
 def test_cli_pretrain_resume_and_embed_refuse(tmp_path):
     """`pretrain --resume` on a run whose last.pt is hostile, `embed --weights` on the file."""
@@ -147,3 +150,19 @@ def test_cli_pretrain_resume_and_embed_refuse(tmp_path):
         assert out.returncode == 1, out.stderr[-2000:]
         assert "Traceback" not in out.stderr
         assert not marker.exists()
+
+
+def test_features_file_with_pickled_objects_is_refused(tmp_path):
+    """A FEATS .npz whose `ids` is a pickled object array: refused cleanly, nothing executed."""
+    import numpy as np
+
+    from mammodino.errors import MammodinoError
+    from mammodino.eval.features import load_features
+
+    marker = tmp_path / "PWNED"
+    ids = np.empty(2, dtype=object)
+    ids[:] = [Exploit(marker), "b"]
+    np.savez(tmp_path / "features.npz", ids=ids, cls=np.zeros((2, 4)), patch_mean=np.zeros((2, 4)))
+    with pytest.raises(MammodinoError):
+        load_features(tmp_path / "features.npz")
+    assert not marker.exists()

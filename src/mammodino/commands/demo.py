@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from mammodino.report.demo_pipeline import DemoSettings, run_demo
     from mammodino.report.demo_summary import summary_table
 
-    console = Console()
+    # Wide even when piped (make demo | tee): the table carries intervals and wraps badly at 80.
+    console = Console(width=None if Console().is_terminal else 140)
     start = time.monotonic()
     settings = DemoSettings(
         n_ffdm=args.ffdm,

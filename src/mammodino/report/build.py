@@ -16,6 +16,7 @@ from mammodino.report import figures
 from mammodino.report import html as H
 from mammodino.report.results import (
     EvalResult,
+    backbone_order,
     by_task,
     comparison_rows,
     confusion,
@@ -26,6 +27,7 @@ from mammodino.report.results import (
 
 N_IMAGES = 4  # mammograms in the attention / PCA / heat-map figures
 N_CROP_SAMPLES = 3
+VIEW_SIZE = 224  # attention/PCA input side: finer patch grids than the small training crops
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -170,7 +172,9 @@ def _section_backbone(run: Path, cache: Path) -> str:
     from mammodino.eval.embed import load_backbone
     from mammodino.report.model_views import canvas_image, cls_attention, patch_pca_rgb
 
-    backbone = load_backbone(run)
+    probe = load_backbone(run)
+    side = max(probe.image_size, VIEW_SIZE // probe.model.patch_size * probe.model.patch_size)
+    backbone = load_backbone(run, image_size=side)
     rows = _pick_rows(_manifest(cache), N_IMAGES)
     pairs = [_load_pair(cache, r) for r in rows]
     images = [p[0] for p in pairs]
@@ -192,7 +196,10 @@ def _section_backbone(run: Path, cache: Path) -> str:
 def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
     from mammodino.report.model_views import canvas_image
 
-    with_maps = [r for r in results if (r.folder / "heatmaps.npz").is_file()]
+    with_maps = sorted(
+        (r for r in results if (r.folder / "heatmaps.npz").is_file()),
+        key=lambda r: backbone_order(r.backbone),
+    )
     if not with_maps:
         return (
             '<p class="note">No heat maps: run `mammodino eval --localization` on patch-grid '
@@ -209,7 +216,10 @@ def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
         return '<p class="note">No held-out image with a lesion among the heat maps.</p>'
     images = [canvas_image(_load_pair(cache, rows[i])[0]) for i in chosen]
     maps: dict[str, list[np.ndarray]] = {
-        "lesion patches": [first["lesion_masks"][ids.index(i)].astype(float) for i in chosen]
+        # NaN is transparent: only the lesion patches are coloured.
+        "lesion patches": [
+            np.where(first["lesion_masks"][ids.index(i)], 1.0, np.nan) for i in chosen
+        ]
     }
     seen = set()
     for r in with_maps:
@@ -220,7 +230,10 @@ def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
         index = {str(i): k for k, i in enumerate(data["ids"])}
         if all(i in index for i in chosen):
             maps[r.backbone] = [data["heatmaps"][index[i]] for i in chosen]
-    note = "Out-of-fold lesion probability per patch (probe trained on the other folds)."
+    note = (
+        "Out-of-fold lesion probability per patch (probe trained on the other folds); colours "
+        "span each map's own range."
+    )
     return f'<p class="note">{note}</p>' + H.image(figures.image_maps(images, maps), "heat maps")
 
 

@@ -93,6 +93,10 @@ def _overlay_grid(
     h, w = image.shape
     ax.imshow(image, cmap="gray", vmin=0, vmax=1)
     extent = (0, w, h, 0)
+    finite = np.asarray(np.ma.filled(np.ma.masked_invalid(grid), np.nan), dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if vmin is None and vmax is None and finite.size and finite.min() == finite.max():
+        vmin, vmax = finite.max() - 1.0, finite.max()  # a constant map (a mask): top colour
     ax.imshow(
         grid, cmap=cmap, alpha=alpha, extent=extent, vmin=vmin, vmax=vmax, interpolation="nearest"
     )
