@@ -161,10 +161,9 @@ def main() -> None:
         for row in rows[:-1]:
             key = (row["model"], row["precision"])
             ratio = row["gflop_per_s"] / peak[row["precision"]]
-            speedup = (
-                f"  x{baseline[key] / row['s_per_step']:.2f} vs off" if key in baseline else ""
-            )
-            baseline.setdefault(key, row["s_per_step"])
+            rate = row["samples_per_s"]
+            speedup = f"  x{rate / baseline[key]:.2f} samples/s vs off" if key in baseline else ""
+            baseline.setdefault(key, rate)
             print(
                 f"  {row['model']:9s} {row['precision']} batch {row['batch']:3d}: "
                 f"{row['s_per_step']:7.3f} s/step {row['samples_per_s']:7.2f} samples/s "

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mammodino.errors import MammoReadError
-from mammodino.io.meta import ImageMeta
+from mammodino.io.meta import ImageMeta, MammoImage
 from mammodino.io.pseudonym import pseudonymous_id
-from mammodino.io.reader import read_frame_count, read_image
+from mammodino.io.reader import read_image
+from mammodino.io.volumes import is_volume, mean_projection, open_volume
 from mammodino.preprocess.pipeline import (
     PrepareSettings,
     plan_cache,
@@ -113,11 +114,21 @@ def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
     """Prepare every frame of one file; returns its manifest rows (raises MammoReadError)."""
     out = Path(task.out)
     key = source_key(task.source, task.salt)
-    n_frames = read_frame_count(task.path)
+    volume = open_volume(task.path) if is_volume(task.path) else None
+    n_frames = volume.n_slices if volume else 1
     centre = n_frames // 2
-    first = read_image(task.path, voi=task.settings.voi, frame=centre if n_frames > 1 else None)
+
+    def read(index: int | None) -> MammoImage:
+        # One slice decoded at a time: a DBT volume is never held whole in memory.
+        if volume is None:
+            return read_image(task.path, voi=task.settings.voi)
+        return volume.read_slice(index, task.settings.voi)
+
+    first = read(centre)
     meta = first.meta
-    plan = plan_cache(task.path, first.pixels, task.settings)
+    # A volume's one mask comes from a projection: tissue at the skin line may sit in few slices.
+    planning = mean_projection(volume, task.settings.voi) if volume else first.pixels
+    plan = plan_cache(task.path, planning, task.settings)
     g = plan.geometry
     mask = render_mask(plan.mask, g)
     mask_rel = f"masks/{key}.png"
@@ -149,9 +160,7 @@ def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
     }
     rows = []
     for index in range(n_frames):
-        frame = first if index == centre or n_frames == 1 else None
-        if frame is None:
-            frame = read_image(task.path, voi=task.settings.voi, frame=index)
+        frame = first if index == centre else read(index)
         image = render_image(frame.pixels, g)
         image_id = key if n_frames == 1 else f"{key}-{index:03d}"
         image_rel = f"images/{image_id}.png"

@@ -21,6 +21,7 @@ from typing import Any
 from mammodino.errors import ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import IMAGE_SUFFIXES
+from mammodino.io.volumes import is_slice_folder
 from mammodino.preprocess.cache import (
     MANIFEST_COLUMNS,
     SourceTask,
@@ -68,6 +69,11 @@ def find_sources(src: str | Path) -> list[tuple[str, str]]:
     found = []
     for root, dirs, files in os.walk(src):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if root != str(src) and is_slice_folder(root):
+            # A folder of single-slice DICOMs of one DBT series is one source: one volume.
+            found.append((str(Path(root).resolve()), Path(root).relative_to(src).as_posix()))
+            dirs[:] = []
+            continue
         for name in sorted(files):
             if name.startswith(".") or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                 continue

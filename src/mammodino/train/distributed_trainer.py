@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.sampler import ResumableSampler
+from mammodino.data.mixed_sampler import build_sampler
+from mammodino.data.streaming import merge_stream_states
 from mammodino.errors import ConfigError
 from mammodino.train import distributed as D
 from mammodino.train.loop import PRECISIONS, StepResult, Trainer
@@ -94,7 +95,12 @@ class DistributedTrainer(Trainer):
         student, optim_named = D.full_state_dicts(self.model.student, self.optimizer)
         teacher, _ = D.full_state_dicts(self.model.teacher)
         path = self.ckpt.folder / f"step_{self.step:08d}.pt"
+        stream = None
+        if self.streaming:  # every rank's workers' positions, in one state
+            states = [s for s in D.all_gather_objects(Trainer._stream_state(self)) if s]
+            stream = merge_stream_states(states) if states else None
         if self.ctx.is_main:
+            self._stream_state = lambda: stream
             # The payload is the parent's, read through whole-tensor views of the sharded state.
             self.model.student.state_dict = lambda: student
             self.model.teacher.state_dict = lambda: teacher
@@ -103,16 +109,19 @@ class DistributedTrainer(Trainer):
                 path = super().save()
             finally:
                 del self.model.student.state_dict, self.model.teacher.state_dict
-                del self.optimizer.state_dict
+                del self.optimizer.state_dict, self._stream_state
         D.barrier()
         return path
 
     def _batches(self):
         """This rank's share of the endless, deterministic sample order."""
+        if self.streaming:  # the stream splits its shards by rank and worker itself
+            return super()._batches()
         data, seed = self.cfg["data"], int(self.cfg["train"]["seed"])
-        sampler = ResumableSampler(
-            len(self.dataset), seed, self.position, self.ctx.rank, self.ctx.world_size
-        )
+        sampler = build_sampler(
+            self.dataset, seed, self.position, self.ctx.rank, self.ctx.world_size,
+            batch_size=int(data["batch_size"]),
+        )  # fmt: skip
         workers = int(data["num_workers"])
         loader = torch.utils.data.DataLoader(
             self.dataset,

@@ -28,7 +28,9 @@ import torch
 import yaml
 
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.sampler import ResumableSampler
+from mammodino.data.mixed_sampler import build_sampler
+from mammodino.data.streaming import ResumableLoader, StreamingShardDataset
+from mammodino.data.streaming_pretrain import build_streaming_pretrain_dataset, is_shard_source
 from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mammodino.train.checkpoint import (
     CheckpointManager,
@@ -56,6 +58,8 @@ RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.cache_mb",
     "monitor.",
+    "distributed.strategy",  # DDP or FSDP2: same trajectory up to float summation order
+    "distributed.activation_checkpointing",
 )
 
 
@@ -135,6 +139,9 @@ class Trainer:
         self.device = resolve_device(str(train["device"]))
         seed_everything(int(train["seed"]), bool(train["deterministic"]))
         self.model = MammoDINO(cfg).to(self.device)
+        init, self.init_warmup_steps = cfg["model"]["init"], int(cfg["model"]["init_warmup_steps"])
+        if init and not resume:  # on resume the checkpoint holds the weights
+            self.model.init_backbones(init)
         self.optimizer = build_optimizer(
             build_param_groups(self.model.student, optim, self.model.depth), optim
         )
@@ -146,6 +153,10 @@ class Trainer:
         self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
         self.ckpt = CheckpointManager(self.out / "checkpoints", int(train["keep_checkpoints"]))
         self.dataset = dataset if dataset is not None else _build_dataset(cfg)
+        # Shards (issue 7): an endless stream whose position is the loader's state, not an index.
+        self.streaming = isinstance(self.dataset, StreamingShardDataset)
+        self.loader: ResumableLoader | None = None
+        self.stream_resume: dict[str, Any] | None = None
         self.step, self.position, self.nonfinite_in_a_row = 0, 0, 0
         if resume:
             self._load(load_checkpoint(self.ckpt.last_path))
@@ -195,6 +206,11 @@ class Trainer:
     ) -> StepResult:
         """One optimiser step over accumulated micro-batches, then the teacher EMA update."""
         student, n = self.model.student, len(micro_batches)
+        frozen = self.backbone_frozen
+        if self.init_warmup_steps and not _distributed():
+            # One process: no backward through a frozen backbone at all. DDP/FSDP2 keep the
+            # parameters they were built with, so there the gradients are dropped below instead.
+            student["backbone"].requires_grad_(not frozen)
         sums: dict[str, float] = {}
         for batch in micro_batches:
             batch = {
@@ -211,6 +227,10 @@ class Trainer:
         if not bad_terms and not math.isfinite(sums["loss"]):
             bad_terms = ["loss"]  # finite terms, non-finite weighted sum (an inf weight)
         grad_norm = float("nan")
+        if frozen:
+            # No gradient: AdamW skips these parameters (no update, no moments, no decay).
+            for param in student["backbone"].parameters():
+                param.grad = None
         if not bad_terms:
             self.scaler.unscale_(self.optimizer)
             clip = float(self.cfg["optim"]["clip_grad"])
@@ -226,12 +246,18 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        ema_update(student, self.model.teacher, values["momentum"])
+        for part, module in student.items():
+            if not (frozen and part == "backbone"):  # a frozen backbone's EMA is the identity
+                ema_update(module, self.model.teacher[part], values["momentum"])
         return StepResult(sums, grad_norm)
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True during the `model.init_warmup_steps` head warm-up of continued pretraining."""
+        return self.step < self.init_warmup_steps
 
     def save(self) -> Path:
         """A consolidated checkpoint of the current step (see checkpoint.py for its contents)."""
-        epoch, index = divmod(self.position, len(self.dataset))
         return self.ckpt.save(
             {
                 "step": self.step,
@@ -243,12 +269,7 @@ class Trainer:
                 },
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "data": {
-                    "position": self.position,
-                    "epoch": epoch,
-                    "index": index,
-                    "n_images": len(self.dataset),
-                },
+                "data": self._data_state(),
                 "rng": capture_rng_state(),
                 "arch": self.model.student["backbone"].arch_dict(),
                 "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
@@ -261,7 +282,9 @@ class Trainer:
             raise ConfigError(
                 f"resume with a different config would not continue exactly: {changed}"
             )
-        if payload["data"]["n_images"] != len(self.dataset):
+        if self.streaming:  # (data.source itself cannot change: changed_keys refuses it)
+            self.stream_resume = payload["data"]["stream"]
+        elif payload["data"]["n_images"] != len(self.dataset):
             raise CheckpointError(
                 f"checkpoint saw {payload['data']['n_images']} images, data.source now holds "
                 f"{len(self.dataset)}: the data order cannot continue; start a new run"
@@ -275,10 +298,51 @@ class Trainer:
         self.step, self.position = int(payload["step"]), int(payload["data"]["position"])
         restore_rng_state(payload["rng"])
 
+    def _data_state(self) -> dict[str, Any]:
+        """The data position saved in checkpoints (a stream's loader state with shards)."""
+        if self.streaming:
+            return {"position": self.position, "stream": self._stream_state()}
+        epoch, index = divmod(self.position, len(self.dataset))
+        return {
+            "position": self.position,
+            "epoch": epoch,
+            "index": index,
+            "n_images": len(self.dataset),
+        }
+
+    def _stream_state(self) -> dict[str, Any] | None:
+        """This process's stream position (DistributedTrainer merges those of all ranks)."""
+        return self.loader.state_dict() if self.loader is not None else self.stream_resume
+
+    def _stream_batches(self):
+        """Endless micro-batches of the shard stream, from the resumed position if any."""
+        data = self.cfg["data"]
+        workers = int(data["num_workers"])
+        self.loader = ResumableLoader(
+            self.dataset,
+            batch_size=int(data["batch_size"]),
+            collate_fn=collate_pretrain,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=workers > 0,
+            # As in _batches: starting the loader must not draw from the global torch RNG.
+            generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
+        )
+        if self.stream_resume is not None:
+            self.loader.load_state_dict(self.stream_resume)
+        return iter(self.loader)
+
     def _batches(self):
         """Endless micro-batches from the data position (deterministic, resumable order)."""
+        if self.streaming:
+            return self._stream_batches()
         data = self.cfg["data"]
-        sampler = ResumableSampler(len(self.dataset), int(self.cfg["train"]["seed"]), self.position)
+        # A mixed FFDM + DBT set gets its per-batch DBT quota (MixedSampler), others ResumableSampler.
+        sampler = build_sampler(
+            self.dataset, int(self.cfg["train"]["seed"]), self.position,
+            batch_size=int(data["batch_size"]),
+        )  # fmt: skip
         workers = int(data["num_workers"])
         loader = torch.utils.data.DataLoader(
             self.dataset,
@@ -294,6 +358,13 @@ class Trainer:
             generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
         )
         return iter(loader)
+
+    def _epoch(self) -> int | None:
+        """Passes over the data so far (a stream's: from its index; None when it has none)."""
+        if not self.streaming:
+            return self.position // len(self.dataset)
+        n_samples = sum(self.dataset.expected_samples.values())
+        return self.position // n_samples if n_samples else None
 
     def _autocast(self):
         if self.dtype is None:
@@ -349,7 +420,7 @@ class Trainer:
             wd=values["wd"],
             momentum=values["momentum"],
             teacher_temp=values["teacher_temp"],
-            epoch=self.position // len(self.dataset),
+            epoch=self._epoch(),
             samples_per_s=self.global_batch * len(window) / seconds if seconds else 0.0,
             **extra,
         )
@@ -357,9 +428,17 @@ class Trainer:
         return record
 
 
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
 def _build_dataset(cfg: Any):
+    """The cache / image folder data set, or an endless stream when data.source is shards."""
     from mammodino.data.dataset import build_pretrain_dataset
 
+    source = cfg["data"]["source"]
+    if source is not None and is_shard_source(source):
+        return build_streaming_pretrain_dataset(cfg, source)
     return build_pretrain_dataset(cfg)
 
 

@@ -6,7 +6,8 @@ the three named steps of a training iteration, as DINOv3 splits them:
    Sinkhorn-Knopp at the current teacher temperature).
 2. `get_student_output`: the student sees masked global crops and the local crops.
 3. `compute_losses`: DINO (CLS, cross-view), iBOT (masked tissue tokens), KoLeo (student CLS of
-   each global crop), weighted into `loss`.
+   each global crop), with `dbt.slice_loss_weight` > 0 the DBT cross-slice InfoNCE of the
+   batch's slice pairs (train/slice_objective.py), weighted into `loss`.
 
 Everything in a micro-batch stays in that micro-batch: centering/Sinkhorn normalise over its
 crops and tokens, KoLeo looks for neighbours among its images. Gradient accumulation therefore
@@ -16,6 +17,7 @@ sums the gradients of micro-batch losses; it is not the loss of one big batch.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +26,7 @@ from torch import nn
 from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
 from mammodino.models.vit import build_vit
+from mammodino.train.slice_objective import SliceObjective
 
 
 def build_backbone(cfg: Any) -> nn.Module:
@@ -73,6 +76,13 @@ class MammoDINO(nn.Module):
             "ibot": float(cfg["ibot"]["loss_weight"]),
             "koleo": float(dino["koleo_loss_weight"]),
         }
+        # DBT cross-slice objective (docs/tomosynthesis.md): its projection heads join the student
+        # and teacher, so EMA, optimiser groups and checkpoints cover them; weight 0 builds none.
+        self.slice_objective = None
+        if float(cfg["dbt"]["slice_loss_weight"]) > 0:
+            self.slice_objective = SliceObjective.from_cfg(cfg, backbone.embed_dim)
+            self.slice_objective.attach(self.student, self.teacher)
+            self.weights["slice"] = float(cfg["dbt"]["slice_loss_weight"])
         centering = (str(dino["centering"]), float(dino["center_momentum"]))
         iterations = int(dino["sinkhorn_iterations"])
         self.dino_centering = build_centering(
@@ -87,6 +97,18 @@ class MammoDINO(nn.Module):
     def depth(self) -> int:
         """Number of transformer blocks (for layer-wise lr decay)."""
         return len(self.student["backbone"].blocks)
+
+    def init_backbones(self, source: str | Path) -> list[str]:
+        """Start student and teacher backbones from a file (ours, DINOv2 hub, HF folder, timm).
+
+        models/convert.py maps the names, RGB -> 1 channel and the position embedding to the
+        training size; returns the optional keys the file lacked (e.g. no mask token).
+        """
+        from mammodino.models.convert import load_backbone_weights
+
+        absent = load_backbone_weights(self.student["backbone"], source)
+        self.teacher["backbone"].load_state_dict(self.student["backbone"].state_dict())
+        return absent
 
     def train(self, mode: bool = True) -> MammoDINO:
         """Train mode for the student only; the teacher always runs in eval mode."""
@@ -148,6 +170,10 @@ class MammoDINO(nn.Module):
         # DINOv2: KoLeo within each global crop's batch, summed over the global crops.
         koleo = sum(self.koleo_loss(c) for c in student["global_cls"].chunk(n_global))
         terms = {"dino": dino, "ibot": ibot, "koleo": koleo}
+        if self.slice_objective is not None:
+            terms["slice"] = self.slice_objective(
+                self.student["backbone"], self.teacher["backbone"], batch
+            )
         total = sum(self.weights[name] * value for name, value in terms.items())
         return {"loss": total, **{f"loss/{name}": value for name, value in terms.items()}}
 
