@@ -48,7 +48,7 @@ def test_crash_during_write_leaves_last_loadable(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk full"):  # issue 9: one clear error
         manager.save(_payload(2))
     assert load_checkpoint(manager.last_path)["step"] == 1
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]  # no half-written step file

@@ -1,7 +1,11 @@
-"""Pretrain a ViT with MammoDINO (DINOv2 + tissue-aware crops and masks) on CPU or one GPU.
+"""Pretrain a ViT with MammoDINO (DINOv2 + tissue-aware crops and masks) on CPU or GPUs.
 
   mammodino pretrain --config tiny-cpu --output-dir RUN data.source=CACHE [key=value ...]
   mammodino pretrain --output-dir RUN --resume [optim.max_steps=N ...]
+  torchrun --nproc_per_node N -m mammodino pretrain ...   (DDP / FSDP2; only rank 0 prints)
+
+data.source is a prepared cache, an image folder or shards (prepare --shards; streamed).
+model.init=PATH model.init_warmup_steps=K continues from a DINOv2/RAD-DINO/timm/our backbone.
 
 Writes RUN/config.yaml (the resolved config), RUN/metrics.jsonl (one JSON object per logged
 step) and RUN/checkpoints/ (step_*.pt, last.pt). --resume continues from RUN/checkpoints/last.pt

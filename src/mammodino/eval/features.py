@@ -136,7 +136,10 @@ def load_features(path: str | Path, *, with_grid: bool = True) -> Features:
     missing = [k for k in ("ids", "cls", "patch_mean") if k not in data.files]
     if missing:
         raise EvaluationError(f"{npz_path.name}: missing arrays {missing}")
-    ids = data["ids"].astype(str)
+    try:  # object arrays would need pickle, which np.load refuses with ValueError
+        ids, cls, patch_mean = data["ids"].astype(str), data["cls"], data["patch_mean"]
+    except ValueError as err:
+        raise EvaluationError(f"{npz_path.name}: not plain arrays ({err})") from None
     meta: list[dict[str, str]] = [{"id": i} for i in ids]
     if meta_path.is_file():
         with meta_path.open(newline="") as fh:
@@ -146,8 +149,8 @@ def load_features(path: str | Path, *, with_grid: bool = True) -> Features:
     extra = {k: data[k] for k in data.files if k not in ("ids", "cls", "patch_mean", "patch_grid")}
     return Features(
         ids=ids,
-        cls=data["cls"],
-        patch_mean=data["patch_mean"],
+        cls=cls,
+        patch_mean=patch_mean,
         meta=meta,
         patch_grid=grid,
         extra=extra,

@@ -73,6 +73,23 @@ def _gray(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _check_png_chunks(path: str) -> None:
+    """Every chunk must end inside the file: OpenCV allocates a chunk's declared length first."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        at = 8
+        while at + 8 <= size:
+            f.seek(at)
+            length, kind = struct.unpack(">I4s", f.read(8))
+            if at + 12 + length > size:
+                raise TruncatedFileError(
+                    path, f"PNG chunk declares {length} bytes past the file end", "copy it again"
+                )
+            if kind == b"IEND":
+                return
+            at += 12 + length
+
+
 def _read_png(path: str) -> tuple[np.ndarray, ImageMeta]:
     import cv2
 
@@ -82,6 +99,7 @@ def _read_png(path: str) -> tuple[np.ndarray, ImageMeta]:
         raise TruncatedFileError(path, "PNG ends inside its header", "copy the file again")
     cols, rows = struct.unpack(">II", head[16:24])
     _check_size(path, rows, cols)
+    _check_png_chunks(path)
     # cv2 keeps 16-bit samples; colour comes as BGR, so reverse to RGB before luminance.
     array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if array is None:

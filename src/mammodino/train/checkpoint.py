@@ -87,11 +87,15 @@ def _fsync_dir(folder: Path) -> None:
 def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
     """torch.save to a temporary file, fsync, then rename onto `path` (all or nothing)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a partial file must not stay on a full disk
+        raise
     _fsync_dir(path.parent)
 
 
@@ -138,8 +142,15 @@ class CheckpointManager:
         self.folder.mkdir(parents=True, exist_ok=True)
         payload = {"format": FORMAT, "version": VERSION, **payload}
         path = self.folder / checkpoint_name(int(payload["step"]))
-        atomic_torch_save(payload, path)
-        _point_last(self.folder, path)
+        try:
+            atomic_torch_save(payload, path)
+            _point_last(self.folder, path)
+        except OSError as err:  # full disk, quota, I/O error: last.pt still names the previous one
+            (self.folder / f".{LAST_NAME}.tmp").unlink(missing_ok=True)
+            raise CheckpointError(
+                f"{path.name} not written ({err.strerror or err}); {LAST_NAME} still holds the "
+                "previous checkpoint: free space, then run again with --resume"
+            ) from None
         for _, old in list_checkpoints(self.folder)[: -self.keep]:
             old.unlink(missing_ok=True)
         return path

@@ -43,24 +43,10 @@ from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
 from mammodino.train.monitor import KNNMonitor
 from mammodino.train.param_groups import apply_schedules, build_optimizer, build_param_groups
+from mammodino.train.resume_keys import RESUMABLE_CHANGES, changed_keys  # noqa: F401 (re-export)
 from mammodino.train.schedules import build_schedules
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Keys that may change when resuming: they stop, log or load, but do not change the trajectory.
-RESUMABLE_CHANGES = (
-    "optim.max_steps",
-    "optim.max_minutes",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "train.device",
-    "train.malloc_tunables",
-    "data.num_workers",
-    "data.cache_mb",
-    "monitor.",
-    "distributed.strategy",  # DDP or FSDP2: same trajectory up to float summation order
-    "distributed.activation_checkpointing",
-)
 
 
 @dataclass
@@ -72,26 +58,6 @@ class StepResult:
     skipped: bool = False
     bad_terms: list[str] = field(default_factory=list)
     bad_params: list[str] = field(default_factory=list)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Config keys whose values differ, except those allowed to change on resume."""
-    old, new = _flatten(saved), _flatten(current)
-    return sorted(
-        k
-        for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
-    )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -77,9 +77,11 @@ class MammoDINO(nn.Module):
             "koleo": float(dino["koleo_loss_weight"]),
         }
         # DBT cross-slice objective (docs/tomosynthesis.md): its projection heads join the student
-        # and teacher, so EMA, optimiser groups and checkpoints cover them; weight 0 builds none.
+        # and teacher, so EMA, optimiser groups and checkpoints cover them. Weight 0 builds none,
+        # and so does data.dbt_fraction=0: such batches never carry slice pairs (FFDM-only runs
+        # keep their parameters and checkpoint layout).
         self.slice_objective = None
-        if float(cfg["dbt"]["slice_loss_weight"]) > 0:
+        if float(cfg["dbt"]["slice_loss_weight"]) > 0 and float(cfg["data"]["dbt_fraction"]) > 0:
             self.slice_objective = SliceObjective.from_cfg(cfg, backbone.embed_dim)
             self.slice_objective.attach(self.student, self.teacher)
             self.weights["slice"] = float(cfg["dbt"]["slice_loss_weight"])
