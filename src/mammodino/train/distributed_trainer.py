@@ -19,8 +19,6 @@ from typing import Any
 
 import torch
 
-from mammodino.data.collate import collate_pretrain
-from mammodino.data.mixed_sampler import build_sampler
 from mammodino.data.streaming import merge_stream_states
 from mammodino.errors import ConfigError
 from mammodino.train import distributed as D
@@ -113,28 +111,9 @@ class DistributedTrainer(Trainer):
         D.barrier()
         return path
 
-    def _batches(self):
+    def _rank_and_world_size(self) -> tuple[int, int]:
         """This rank's share of the endless, deterministic sample order."""
-        if self.streaming:  # the stream splits its shards by rank and worker itself
-            return super()._batches()
-        data, seed = self.cfg["data"], int(self.cfg["train"]["seed"])
-        sampler = build_sampler(
-            self.dataset, seed, self.position, self.ctx.rank, self.ctx.world_size,
-            batch_size=int(data["batch_size"]),
-        )  # fmt: skip
-        workers = int(data["num_workers"])
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=int(data["batch_size"]),
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_pretrain,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=workers > 0,
-            generator=torch.Generator().manual_seed(seed),
-        )
-        return iter(loader)
+        return self.ctx.rank, self.ctx.world_size
 
     def run(self) -> dict[str, Any]:
         """Train (see Trainer.run), then leave the process group."""

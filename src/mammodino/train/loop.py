@@ -304,9 +304,10 @@ class Trainer:
         if self.streaming:
             return self._stream_batches()
         data = self.cfg["data"]
+        rank, world_size = self._rank_and_world_size()
         # A mixed FFDM + DBT set gets its per-batch DBT quota (MixedSampler), others ResumableSampler.
         sampler = build_sampler(
-            self.dataset, int(self.cfg["train"]["seed"]), self.position,
+            self.dataset, int(self.cfg["train"]["seed"]), self.position, rank, world_size,
             batch_size=int(data["batch_size"]),
         )  # fmt: skip
         workers = int(data["num_workers"])
@@ -324,6 +325,10 @@ class Trainer:
             generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
         )
         return iter(loader)
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        """This process's share of the sample order: all of it (a distributed run overrides)."""
+        return 0, 1
 
     def _epoch(self) -> int | None:
         """Passes over the data so far (a stream's: from its index; None when it has none)."""
