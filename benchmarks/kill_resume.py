@@ -202,7 +202,7 @@ def prepare_command(src: Path, out: Path) -> list[str]:
             "--no-progress", "--salt", "kill-test", "--cache-size", "64"]  # fmt: skip
 
 
-def write_sources(folder: Path, count: int = 40) -> Path:
+def write_sources(folder: Path, count: int = 200) -> Path:
     """Small synthetic mammogram-like PNGs (breast half-disc on the left) for prepare."""
     import cv2
 
@@ -234,7 +234,8 @@ def prepare_kill_trial(folder: Path, kills: int, seed: int) -> dict:
             not images.is_dir() or len(list(images.rglob("*.png"))) <= before
         ):
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.3))
+        # Soon after the first new file: on a fast idle machine a later kill finds the run over.
+        time.sleep(rng.uniform(0.0, 0.05))
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             done += 1

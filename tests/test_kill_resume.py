@@ -37,5 +37,5 @@ def test_prepare_killed_and_rerun_gives_the_clean_manifest(tmp_path):
     assert result["kills"] >= 1
     assert result["manifest_equal"]
     assert result["duplicates"] == 0
-    assert result["rows"] == 40
+    assert result["rows"] == 200
     assert result["images_equal"]
