@@ -51,9 +51,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(text: str) -> bool:
+    return "=" in text and not text.startswith("-")
+
+
+def parse_command_line(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """Parse argv; KEY=VALUE overrides are accepted anywhere after the subcommand.
+
+    argparse binds a `nargs="*"` positional at its first chance, often to nothing before the
+    options, and then rejects `--output-dir RUN a.b=1`; such leftovers are appended to
+    `overrides` in command-line order, so a later override still wins.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all(_is_override(e) for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
