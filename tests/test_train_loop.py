@@ -108,6 +108,7 @@ def test_run_writes_config_metrics_and_checkpoints(cache, tmp_path):
     for key in ("loss", "loss/dino", "loss/ibot", "loss/koleo", "lr", "wd", "momentum",
                 "teacher_temp", "samples_per_s"):  # fmt: skip
         assert all(np.isfinite(r[key]) for r in records), key
+    assert all(0.0 < r["dino/teacher_entropy"] <= 1.0 for r in records)
     assert records[0]["lr"] == 0.0  # warm-up starts at 0
     assert records[1]["teacher_temp"] > records[0]["teacher_temp"]
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]

@@ -17,6 +17,7 @@ sums the gradients of micro-batch losses; it is not the loss of one big batch.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,17 @@ def build_backbone(cfg: Any) -> nn.Module:
         drop_path_rate=float(model["drop_path_rate"]),
         activation_checkpointing=bool(cfg["distributed"]["activation_checkpointing"]),
     )
+
+
+@torch.no_grad()
+def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean row entropy of probabilities [n, K] divided by ln K: 1 = uniform, 0 = one-hot."""
+    if probs.numel() == 0 or probs.shape[-1] < 2:
+        return probs.new_zeros((), dtype=torch.float32)
+    p = probs.float()
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    # Rounding can put a uniform row a hair above ln K.
+    return (entropy / math.log(p.shape[-1])).clamp(0.0, 1.0)
 
 
 class MammoDINO(nn.Module):
@@ -138,7 +150,11 @@ class MammoDINO(nn.Module):
         self.dino_centering.update(cls_logits)
         ibot_probs = self.ibot_centering.teacher_probs(patch_logits, teacher_temp)
         self.ibot_centering.update(patch_logits)
-        return {"dino_probs": dino_probs, "ibot_probs": ibot_probs}
+        return {
+            "dino_probs": dino_probs,
+            "ibot_probs": ibot_probs,
+            "dino_entropy": normalised_entropy(dino_probs),
+        }
 
     def get_student_output(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Student CLS features and logits of masked global crops and local crops."""
@@ -180,7 +196,12 @@ class MammoDINO(nn.Module):
         return {"loss": total, **{f"loss/{name}": value for name, value in terms.items()}}
 
     def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
-        """The losses of one micro-batch (teacher output, student output, loss computation)."""
+        """The losses of one micro-batch (teacher output, student output, loss computation).
+
+        Also `dino/teacher_entropy`: the mean entropy of the teacher's DINO targets over ln K.
+        Near 1 the targets are uniform and carry no signal (the plateau of docs/pretrain.md).
+        """
         teacher = self.get_teacher_output(batch, teacher_temp)
         student = self.get_student_output(batch)
-        return self.compute_losses(student, teacher, batch)
+        losses = self.compute_losses(student, teacher, batch)
+        return {**losses, "dino/teacher_entropy": teacher["dino_entropy"]}
