@@ -25,19 +25,28 @@ def test_other_syntaxes_keep_pydicom_default():
     assert preferred_plugin("1.2.3.4") == ""  # not a transfer syntax: pydicom reports it later
 
 
+def _record_plugins(monkeypatch, refuse: str | None = None) -> list[str]:
+    """Record the `decoding_plugin` of every pixel_array call; `refuse` one plugin."""
+    original = pydicom.pixels.pixel_array
+    plugins: list[str] = []
+
+    def recording(*args, decoding_plugin="", **kwargs):
+        plugins.append(decoding_plugin)
+        if decoding_plugin == refuse:
+            raise RuntimeError("openjpeg refused the codestream")
+        return original(*args, decoding_plugin=decoding_plugin, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", recording)
+    return plugins
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not HAS_OPENJPEG, reason="pylibjpeg-openjpeg not installed")
 def test_mg1_decodes_with_openjpeg_to_gdcm_values(dicom_samples_dir, monkeypatch):
     path = dicom_samples_dir / "nema-wg04-MG1" / "MG1_J2KI.dcm"
     header = read_header(path)
     original = pydicom.pixels.pixel_array
-    plugins = []
-
-    def spy(*args, decoding_plugin="", **kwargs):
-        plugins.append(decoding_plugin)
-        return original(*args, decoding_plugin=decoding_plugin, **kwargs)
-
-    monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
+    plugins = _record_plugins(monkeypatch)
     pixels = dicom.decode_frame(path, header, 0)
     assert plugins == ["pylibjpeg"] and pixels.shape == (4664, 3064)
     if "gdcm" in pydicom.pixels.get_decoder(JPEG2000).available_plugins:
@@ -50,15 +59,6 @@ def test_mg1_decodes_with_openjpeg_to_gdcm_values(dicom_samples_dir, monkeypatch
 def test_refused_codestream_falls_back_to_the_default_plugins(dicom_samples_dir, monkeypatch):
     path = dicom_samples_dir / "nema-wg04-MG1" / "MG1_J2KI.dcm"
     header = read_header(path)
-    original = pydicom.pixels.pixel_array
-    plugins = []
-
-    def refusing(*args, decoding_plugin="", **kwargs):
-        plugins.append(decoding_plugin)
-        if decoding_plugin == "pylibjpeg":
-            raise RuntimeError("openjpeg refused the codestream")
-        return original(*args, decoding_plugin=decoding_plugin, **kwargs)
-
-    monkeypatch.setattr(pydicom.pixels, "pixel_array", refusing)
+    plugins = _record_plugins(monkeypatch, refuse="pylibjpeg")
     pixels = dicom.decode_frame(path, header, 0)
     assert plugins == ["pylibjpeg", ""] and pixels.shape == (4664, 3064)

@@ -7,6 +7,7 @@ decodes a single frame, so a DBT volume is never held in memory whole.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -344,6 +345,7 @@ def read_header(path: str | Path) -> DicomHeader:
     )
 
 
+@functools.cache  # asked once per frame: DBT volumes have dozens
 def preferred_plugin(transfer_syntax: str) -> str:
     """A single-threaded plugin where GDCM would decode, if one is installed; else "" (default)."""
     try:
