@@ -21,7 +21,9 @@ def test_overrides_after_options_are_kept_in_order(parser):
 
 
 def test_prepare_takes_overrides_after_its_options(parser):
-    args = parse_command_line(parser, ["prepare", "SRC", "OUT", "--workers", "1", "prepare.cache_size=64"])
+    args = parse_command_line(
+        parser, ["prepare", "SRC", "OUT", "--workers", "1", "prepare.cache_size=64"]
+    )
     assert (args.src, args.out, args.workers) == ("SRC", "OUT", 1)
     assert args.overrides == ["prepare.cache_size=64"]
 

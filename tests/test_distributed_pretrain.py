@@ -23,6 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import TINY_TRAIN
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer
@@ -30,27 +31,15 @@ from mammodino.train.loop import Trainer
 STEPS, WORLD, PER_RANK = 3, 2, 2
 TOLERANCE = 1e-4  # float32: per-rank sums then an average, vs one sum (measured 4.8e-6)
 TINY = [
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=1",
+    *TINY_TRAIN,
     "model.drop_path_rate=0",
     "model.layerscale_init=1.0",  # distinct CLS features at init: KoLeo is well-conditioned
-    "crops.global_size=32",
-    "crops.local_size=16",
-    "crops.n_local=2",
     "masking.probability=1.0",
-    "masking.min_tissue_patches=2",
-    "heads.dino_out_dim=64",
-    "heads.ibot_out_dim=64",
-    "heads.dino_hidden_dim=32",
-    "heads.dino_bottleneck_dim=16",
-    "data.num_workers=0",
     "optim.epochs=4",
     "optim.steps_per_epoch=3",
     "optim.warmup_epochs=1",
     "optim.base_lr=0.05",
     "teacher.warmup_temp_epochs=1",
-    "train.log_every=1",
     "train.checkpoint_every=100",
     f"optim.max_steps={STEPS}",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRAIN
 from mammodino.config import load_config
 from mammodino.eval.embed import Backbone
 from mammodino.models.vit import build_vit
@@ -29,24 +30,12 @@ from mammodino.report.results import (
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = [
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=1",
-    "crops.global_size=32",
-    "crops.local_size=16",
-    "crops.n_local=2",
+    *TINY_TRAIN,
     "masking.probability=1.0",
-    "masking.min_tissue_patches=2",
-    "heads.dino_out_dim=64",
-    "heads.ibot_out_dim=64",
-    "heads.dino_hidden_dim=32",
-    "heads.dino_bottleneck_dim=16",
     "data.batch_size=3",
-    "data.num_workers=0",
     "optim.epochs=2",
     "optim.steps_per_epoch=2",
     "optim.warmup_epochs=1",
-    "train.log_every=1",
     "train.precision=fp32",
 ]
 

@@ -13,35 +13,24 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import TINY_TRAIN
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer, train
 from test_dbt_dataset import write_mixed_cache
 
 TINY = [
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=1",
+    *TINY_TRAIN,
     "model.drop_path_rate=0.0",
-    "crops.global_size=32",
-    "crops.local_size=16",
-    "crops.n_local=2",
-    "masking.min_tissue_patches=2",
-    "heads.dino_out_dim=64",
-    "heads.ibot_out_dim=64",
-    "heads.dino_hidden_dim=32",
-    "heads.dino_bottleneck_dim=16",
     "dbt.proj_dim=16",
     "dbt.proj_hidden_dim=32",
     "data.batch_size=4",
     "data.dbt_fraction=0.5",  # 2 slice pairs per batch: one positive, one negative each
-    "data.num_workers=0",
     "optim.epochs=4",
     "optim.steps_per_epoch=3",
     "optim.warmup_epochs=1",
     "optim.base_lr=0.05",
     "teacher.warmup_temp_epochs=1",
-    "train.log_every=1",
     "train.checkpoint_every=100",
     "train.deterministic=true",
 ]
