@@ -166,6 +166,38 @@ def _mias_like(tmp_path, n_images=80):
     return tmp_path / "feats", tmp_path / "labels.csv"
 
 
+def test_ordinal_auto_follows_the_values_not_the_column_name():
+    # A binary column named after BI-RADS is not ordinal (no kappa); 3+ numeric levels are.
+    binary = encode_task(["1", "0", "1", "0"], "birads_suspicious")
+    assert not binary.ordinal and binary.classes == ["0", "1"]
+    assert encode_task(["2", "1", "3", "1"], "lesion_count").ordinal
+    assert encode_task(["A", "C", "B"], "acr").ordinal  # a letter scale
+    assert not encode_task(["calc", "mass", "arch"], "density_like_name").ordinal
+    assert not encode_task(["1", "2", "3"], "t", ordinal="no").ordinal
+    assert encode_task(["x", "y", "z"], "t", ordinal="yes").ordinal
+
+
+def test_eval_counts_images_with_a_label_for_the_task_and_decides_ordinal(tmp_path):
+    feats, labels = _mias_like(tmp_path, n_images=40)
+    rows = list(csv.DictReader(labels.open()))
+    for r in rows:
+        r["birads_suspicious"] = "1" if r["normal_abnormal"] == "abnormal" else "0"
+    rows[3]["birads_suspicious"] = ""  # joined, but no label for this task
+    with labels.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "res"
+    argv = ["eval", "--features", feats, "--labels", labels, "--task", "birads_suspicious"]
+    argv += ["--protocol", "logreg", "--folds", "3", "--bootstrap", "10", "--C", "1"]
+    assert main([*map(str, argv), "--output", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert (r["n_images"], r["n_images_joined"], r["n_images_labelled"]) == (40, 40, 39)
+    assert sum(r["class_counts"]) == 39
+    assert not r["ordinal"] and "kappa_quadratic" not in r["protocols"]["logreg"]["1"]["pooled"]
+    assert r["settings"]["ordinal"] == "auto"
+
+
 def test_eval_cli_end_to_end(tmp_path, capsys):
     feats, labels = _mias_like(tmp_path)
     out = tmp_path / "res"

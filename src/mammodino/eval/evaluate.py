@@ -120,6 +120,7 @@ def evaluate_task(
         "classes": task.classes,
         "ordinal": task.ordinal,
         "class_counts": np.bincount(task.y, minlength=len(task.classes)).tolist(),
+        "n_images_labelled": int(len(task.index)),  # joined images with a value for the task
         "n_patients": int(len(np.unique(groups))),
         "folds": settings.folds,
         "protocols": {},
@@ -164,7 +165,8 @@ def evaluate(
         "labels": str(labels_path),
         "settings": asdict(settings),
         "n_images": len(features),
-        "n_images_labelled": n_joined,
+        "n_images_joined": n_joined,  # images with a labels row (the task may still be empty)
+        "n_images_labelled": n_joined,  # replaced by the task's count when there is a task
     }
     predictions: list[dict] = []
     arrays: dict[str, np.ndarray] = {}

@@ -18,7 +18,6 @@ PATH_COLUMNS = ("image", "file", "path", "image_path", "source")
 MISSING = {"", "na", "nan", "none", "null", "n/a"}
 # Known ordinal scales (lowest first). Values are compared case-insensitively.
 ORDINAL_SCALES = (("f", "g", "d"), ("a", "b", "c", "d"))
-ORDINAL_NAMES = re.compile(r"density|birads|bi-rads|tissue|acr|asses", re.IGNORECASE)
 POSITIVE_VALUES = {"1", "abnormal", "malignant", "m", "yes", "true", "cancer", "positive"}
 
 
@@ -153,6 +152,17 @@ def _natural_key(value: str) -> tuple:
     return (0, float(match.group(1)), match.group(2).lower()) if match else (1, 0.0, value.lower())
 
 
+def is_ordinal_scale(names: list[str]) -> bool:
+    """Whether class names form an ordered scale of more than two levels: numbers (BI-RADS 4a
+    counts as 4) or a known letter scale (F/G/D, A-D). Decided by the values, never the column
+    name: a binary BI-RADS >= 4 column is not ordinal."""
+    lowered = {n.lower() for n in names}
+    if len(lowered) <= 2:
+        return False
+    numeric = all(_natural_key(n)[0] == 0 for n in names)
+    return numeric or any(lowered <= set(s) for s in ORDINAL_SCALES)
+
+
 def encode_task(
     values: list[str | None], task: str, ordinal: str = "auto", positive: str | None = None
 ) -> TaskLabels:
@@ -166,11 +176,7 @@ def encode_task(
         )
     lowered = tuple(n.lower() for n in names)
     scale = next((s for s in ORDINAL_SCALES if set(lowered) <= set(s)), None)
-    is_ordinal = {
-        "yes": True,
-        "no": False,
-        "auto": bool(scale) or bool(ORDINAL_NAMES.search(task)),
-    }.get(ordinal)
+    is_ordinal = {"yes": True, "no": False, "auto": is_ordinal_scale(names)}.get(ordinal)
     if is_ordinal is None:
         raise EvaluationError(f"--ordinal must be auto, yes or no; got {ordinal!r}")
     if scale is not None and is_ordinal:
