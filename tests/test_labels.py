@@ -135,6 +135,71 @@ removed;removed;L;MLO;201001;22678646;2;4c
     )
 
 
+def test_inbreast_with_png_names_joins_to_their_features(tmp_path):
+    import numpy as np
+
+    from mammodino.eval.features import Features
+    from mammodino.eval.labels_join import join_labels, read_labels_csv, resolve_patients
+
+    release = tmp_path / "INbreast Release 1.0"
+    _write(
+        release / "INbreast.csv",
+        """
+Patient ID;Patient age;Laterality;View;Acquisition date;File Name;ACR;Bi-Rads
+removed;removed;R;CC;201001;20586908;1;2
+removed;removed;;;201001;20586934;3;5
+removed;removed;L;MLO;201001;22678646;2;1
+""",
+    )
+    names = [
+        "20586908_6c613a14b80a8591_MG_R_CC_ANON.png",
+        "20586934_6c613a14b80a8591_MG_L_ML_ANON.png",
+        "22678646_61b13c59bcba149e_MG_L_MLO_ANON.tif",
+    ]
+    for name in names:
+        _write(release / "pngs" / name, "x")
+    out = tmp_path / "labels.csv"
+    assert main(["labels", "inbreast", str(release), str(out)]) == 0
+    rows = {r["image"]: r for r in csv.DictReader(out.open())}
+    assert sorted(rows) == [f"pngs/{n}" for n in sorted(names)]
+    a, b, c = (rows[f"pngs/{n}"] for n in names)
+    assert (a["patient_id"], a["laterality"], a["view"]) == ("6c613a14b80a8591", "R", "CC")
+    # The CSV leaves side and view empty: the file name gives them (INbreast ML = MLO).
+    assert (b["patient_id"], b["laterality"], b["view"], b["birads"]) == (
+        "6c613a14b80a8591",
+        "L",
+        "MLO",
+        "5",
+    )
+    assert c["patient_id"] == "61b13c59bcba149e" and c["density"] == "B"
+    # The prepared cache names the PNGs by their path under the folder given to prepare.
+    features = Features(
+        ids=np.array(["i0", "i1", "i2"]),
+        cls=np.zeros((3, 2)),
+        patch_mean=np.zeros((3, 2)),
+        meta=[{"id": f"i{k}", "source": n, "patient_id": "", "laterality": "", "view": ""}
+              for k, n in enumerate(names)],
+    )  # fmt: skip
+    joined = join_labels(features, read_labels_csv(out), "birads")
+    assert [r["birads"] for r in joined] == ["2", "5", "1"]
+    patients = resolve_patients(features, joined)
+    assert patients == ["6c613a14b80a8591", "6c613a14b80a8591", "61b13c59bcba149e"]
+
+
+def test_inbreast_prefers_the_dicom_and_falls_back_to_the_file_number(tmp_path):
+    release = tmp_path / "release"
+    _write(
+        release / "INbreast.csv",
+        "Patient ID;Laterality;View;File Name;ACR;Bi-Rads\nremoved;R;CC;20586908;1;2\n"
+        "removed;L;CC;99999999;1;2\n",
+    )
+    for sub, suffix in (("AllDICOMs", "dcm"), ("AllPNGs", "png")):
+        _write(release / sub / f"20586908_6c613a14b80a8591_MG_R_CC_ANON.{suffix}", "x")
+    rows = _convert("inbreast", release, tmp_path)
+    assert set(rows) == {"AllDICOMs/20586908_6c613a14b80a8591_MG_R_CC_ANON.dcm", "99999999"}
+    assert rows["99999999"]["patient_id"] == ""
+
+
 def test_rsna_screening(tmp_path):
     _write(
         tmp_path / "train.csv",

@@ -17,7 +17,12 @@ from mammodino.errors import (
     NotAnImageError,
     TruncatedFileError,
 )
-from mammodino.io.reader import read_frame_count, read_image, read_metadata
+from mammodino.io.reader import (
+    laterality_view_from_name,
+    read_frame_count,
+    read_image,
+    read_metadata,
+)
 from mammodino.io.voi import apply_voi_lut, apply_window
 from test_reader_support import (
     BREAST_TOMOSYNTHESIS,
@@ -144,6 +149,20 @@ def test_png_8_and_16_bit(tmp_path):
     image = read_image(tmp_path / "s.png")
     np.testing.assert_allclose(image.pixels[0], [0, 1 / 65535, 1], atol=1e-9)
     assert (image.meta.bits_stored, image.meta.source_format) == (16, "png")
+
+
+def test_raster_side_and_view_come_from_the_file_name(tmp_path):
+    image = (np.arange(48, dtype=np.uint16).reshape(6, 8) * 1000).astype(np.uint16)
+    inbreast = tmp_path / "20586908_6c613a14b80a8591_MG_R_ML_ANON.png"
+    cv2.imwrite(str(inbreast), image)
+    meta = read_image(inbreast).meta
+    assert (meta.laterality, meta.view) == ("R", "ML")
+    assert laterality_view_from_name("Calc-Test_P_00038_LEFT_MLO.tif") == ("L", "MLO")
+    assert laterality_view_from_name("case-07-LCC.png") == ("L", "CC")
+    # One word, contradictions and common words give nothing.
+    assert laterality_view_from_name("right.png") == ("", "")
+    assert laterality_view_from_name("x_L_R_CC.png") == ("", "CC")
+    assert laterality_view_from_name("mdb001_calc_at.pgm") == ("", "")
 
 
 def test_pgm_binary_16_bit_and_ascii(tmp_path):

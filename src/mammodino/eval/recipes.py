@@ -15,7 +15,7 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mammodino.errors import LabelsError
 from mammodino.eval.recipe_io import find_files, read_published_csv, row
@@ -139,30 +139,63 @@ def cbis_ddsm(src: Path) -> list[dict[str, str]]:
     return out
 
 
+# INbreast image names: <File Name>_<patient hash>_MG_<L|R>_<CC|ML|MLO>_ANON.<dcm|png|tif>
+INBREAST_SUFFIXES = (".dcm", ".png", ".tif", ".tiff")  # preferred first when a number has several
+INBREAST_NAME = re.compile(r"^(\d+)(?:_([0-9a-f]{8,})(?=[_.]|$))?", re.IGNORECASE)
+INBREAST_VIEWS = {"CC": "CC", "ML": "MLO", "MLO": "MLO"}  # INbreast's "ML" is the MLO view
+
+
+def _inbreast_images(folder: Path, base: Path) -> dict[str, str]:
+    """File Name -> path (relative to `base`) of its image under `folder`: DICOM, PNG or TIFF,
+    keyed by the leading number of the file name."""
+    found: dict[str, Path] = {}
+    rank = {suffix: i for i, suffix in enumerate(INBREAST_SUFFIXES)}
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        match = INBREAST_NAME.match(path.name)
+        suffix = path.suffix.lower()
+        if not match or suffix not in rank or not path.is_file():
+            continue
+        known = found.get(match.group(1))
+        if known is None or rank[suffix] < rank[known.suffix.lower()]:
+            found[match.group(1)] = path
+    return {number: p.relative_to(base).as_posix() for number, p in found.items()}
+
+
+def _inbreast_name_fields(name: str) -> tuple[str, str, str]:
+    """(patient hash, laterality, view) from an INbreast image name; '' where absent."""
+    match = INBREAST_NAME.match(name)
+    tokens = name.split(".")[0].upper().split("_")
+    side = next((t for t in tokens[2:] if t in ("L", "R")), "")
+    view = next((INBREAST_VIEWS[t] for t in tokens[2:] if t in INBREAST_VIEWS), "")
+    return (match.group(2) or "") if match else "", side, view
+
+
 def inbreast(src: Path) -> list[dict[str, str]]:
-    """INbreast: INbreast.csv (';'-separated); AllDICOMs/ beside it gives file and patient."""
+    """INbreast: INbreast.csv (';'-separated) + the images (AllDICOMs/ or converted PNG/TIFF
+    anywhere under SRC), whose names give the file, the patient and a missing side or view."""
     [path] = find_files(src, ["INbreast.csv"], "INbreast.csv")[:1]
     rows = read_published_csv(
         path, ["Laterality", "View", "File Name", "ACR", "Bi-Rads"], delimiter=";"
     )
-    dicoms = {}
-    for folder in (path.parent / "AllDICOMs", path.parent.parent / "AllDICOMs"):
-        if folder.is_dir():
-            # AllDICOMs names: <File Name>_<patient hash>_MG_<L|R>_<view>_ANON.dcm
-            dicoms = {p.name.split("_")[0]: p.name for p in folder.glob("*.dcm")}
-            break
+    root = src if src.is_dir() else path.parent
+    # AllDICOMs/ may also sit one level above the CSV (the CSV passed as SRC).
+    images = _inbreast_images(root, root) or _inbreast_images(
+        path.parent.parent / "AllDICOMs", path.parent.parent
+    )
     out = []
     for r in rows:
         if not r["File Name"]:
             continue
-        name = dicoms.get(r["File Name"])
+        image = images.get(r["File Name"], "")
+        patient, side, view = _inbreast_name_fields(PurePosixPath(image).name)
+        published_id = r.get("Patient ID", "")  # 'removed' in the public release
         birads = r["Bi-Rads"].lower()
         out.append(
             row(
-                image=f"AllDICOMs/{name}" if name else r["File Name"],
-                patient_id=name.split("_")[1] if name else "",
-                laterality=_laterality(r["Laterality"]),
-                view=r["View"].upper(),
+                image=image or r["File Name"],
+                patient_id=patient if published_id.lower() in ("", "removed") else published_id,
+                laterality=_laterality(r["Laterality"]) or side,
+                view=INBREAST_VIEWS.get(r["View"].upper(), r["View"].upper()) or view,
                 density=_acr(r["ACR"]),
                 birads=birads,
                 malignancy="",  # no pathology in the CSV; BI-RADS >= 4 is the usual proxy

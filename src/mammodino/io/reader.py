@@ -26,6 +26,9 @@ from mammodino.io.meta import MAX_SIDE, ImageMeta, MammoImage
 
 VOI_MODES = ("none", "window", "voi_lut")
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".dic", ".png", ".pgm", ".tif", ".tiff", ".npy", ""}
+# Views a file name may carry as a token (the rarer DICOM codes, e.g. AT or FB, are common words).
+NAME_VIEWS = ("CC", "MLO", "ML", "LM", "LMO", "XCCL", "XCCM")
+NAME_SIDES = {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}
 _PGM_HEADER = re.compile(
     rb"^(P[25])\s+(?:#[^\n]*\s+)*(\d+)\s+(?:#[^\n]*\s+)*(\d+)\s+(?:#[^\n]*\s+)*(\d+)\s"
 )
@@ -262,7 +265,30 @@ def read_image(path: str | Path, *, voi: str = "none", frame: int | None = None)
     if frame not in (None, 0):
         raise IndexError(f"frame {frame} out of range for a single-frame {fmt} file")
     pixels, meta = _guarded(path, _RASTER_READERS[fmt], path)
+    # Rasters carry no header: the file name is the only place a side or view can come from.
+    meta.laterality, meta.view = laterality_view_from_name(path)
     return _checked(path, MammoImage(pixels, meta, 0))
+
+
+def laterality_view_from_name(path: str | Path) -> tuple[str, str]:
+    """(laterality, view) from the fields of a structured file name (split at `_`, `-`, `.` or
+    spaces): `L`/`R`/`LEFT`/`RIGHT`, a view such as `CC`/`MLO`, or both run together (`RMLO`);
+    '' where the name says nothing, contradicts itself (`L` and `R`) or is one word
+    (`right.png` names a file, it is not a header field)."""
+    sides, views = set(), set()
+    tokens = re.split(r"[_\-.\s]+", Path(path).stem.upper())
+    for token in tokens if len(tokens) > 1 else []:
+        if token in NAME_SIDES:
+            sides.add(NAME_SIDES[token])
+        elif token in NAME_VIEWS:
+            views.add(token)
+        elif token[:1] in ("L", "R") and token[1:] in NAME_VIEWS:
+            sides.add(token[0])
+            views.add(token[1:])
+    return (
+        sides.pop() if len(sides) == 1 else "",
+        views.pop() if len(views) == 1 else "",
+    )
 
 
 def _guarded(path: str, function, *args):

@@ -134,7 +134,8 @@ def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
     mask_rel = f"masks/{key}.png"
     write_png_atomic(out / mask_rel, mask)
     patient_id, patient_source = _patient(task, meta)
-    laterality, laterality_source = meta.laterality, "header" if meta.laterality else "image"
+    named_by = "header" if meta.source_format == "dicom" else "file name"
+    laterality, laterality_source = meta.laterality, named_by if meta.laterality else "image"
     if not laterality:
         # Standard hanging puts a right breast's chest wall on the right of the image.
         laterality = "R" if g.flipped else "L"
@@ -166,7 +167,7 @@ def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
         image_rel = f"images/{image_id}.png"
         write_png_atomic(out / image_rel, image)
         pectoral_rel = ""
-        if task.settings.pectoral and meta.view in ("MLO", "") and n_frames == 1:
+        if task.settings.pectoral and meta.view in ("MLO", "ML", "") and n_frames == 1:
             pectoral_rel = f"pectoral/{image_id}.png"
             write_png_atomic(out / pectoral_rel, render_pectoral(image, mask))
         row = {"id": image_id, "image": image_rel, "pectoral": pectoral_rel, **common}
