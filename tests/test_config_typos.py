@@ -3,6 +3,8 @@ work or output, with the valid keys of that level listed."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -150,3 +152,53 @@ def test_prepare_yaml_typo_fails_before_any_output(tmp_path, capsys):
     )
     assert "'prepare.pectorall'" in err and "pectoral" in err
     assert not (out / "manifest.csv").exists() and not (out / "images").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("optim.max_steps=abc", "'optim.max_steps' takes a whole number, got 'abc'"),
+        ("data.batch_size=abc", "'data.batch_size' takes a whole number, got 'abc'"),
+        ("optim.base_lr=fast", "'optim.base_lr' takes a number, got 'fast'"),
+        ("data.batch_size=2.5", "'data.batch_size' takes a whole number, got 2.5"),
+        ("train.deterministic=1", "'train.deterministic' takes true or false, got 1"),
+        ("crops.global_scale=0.5", "'crops.global_scale' takes a list of numbers, got 0.5"),
+    ],
+)
+def test_pretrain_bad_value_is_one_line_before_any_output(tmp_path, capsys, override, expected):
+    run = tmp_path / "run"
+    argv = ["pretrain", "--config", "tiny-cpu", "--output-dir", str(run), "--no-progress",
+            "data.source=/nowhere", override]  # fmt: skip
+    err = _cli_error(capsys, argv)
+    key = override.split("=")[0]
+    assert expected in err and f"e.g. {key}=" in err  # what is wrong, and a value that works
+    assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [("data.batch_size=16.0", 16), ("optim.warmup_epochs=0.5", 0.5), ("optim.max_steps=", None),
+     ("model.init=2024", "2024"), ("model.drop_path_rate=0", 0)],
+)  # fmt: skip
+def test_values_of_the_right_kind_are_accepted(override, value):
+    section, key = override.split("=")[0].split(".")
+    assert load_config(overrides=[override])[section][key] == value
+
+
+def test_bad_preset_value_names_the_key(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("optim:\n  epochs: many\n")
+    with pytest.raises(ConfigError, match="'optim.epochs' takes a whole number, got 'many'"):
+        load_config(preset=preset)
+
+
+def test_bad_value_fails_before_torch_is_imported(tmp_path):
+    """The value is checked before the heavy imports: the error comes at once, not after torch."""
+    code = (
+        "import sys; from mammodino.cli import main; "
+        f"rc = main(['pretrain', '--config', 'tiny-cpu', '--output-dir', {str(tmp_path)!r}, "
+        "'optim.max_steps=abc']); print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["1", "False"]
+    assert len(out.stderr.strip().splitlines()) == 1 and "max_steps" in out.stderr

@@ -1,7 +1,8 @@
 """Configuration: YAML defaults, a preset merged over them, then `key=value` overrides.
 
 Every key of a preset or override must exist in the defaults; an unknown key fails at start with
-the list of valid keys at that level. The resolved config is written next to each run's outputs.
+the list of valid keys at that level, and a value of the wrong type (`optim.max_steps=abc`) with
+the type the key takes. The resolved config is written next to each run's outputs.
 """
 
 from __future__ import annotations
@@ -9,13 +10,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 from mammodino.errors import ConfigError
 
 DEFAULTS_NAME = "default.yaml"
+# Keys whose default does not show the type they take: null defaults, and epoch counts written as
+# whole numbers that may be fractional (the schedules multiply them by steps_per_epoch).
+DECLARED_TYPES: dict[str, type] = {
+    "data.source": str,
+    "data.salt": str,
+    "model.init": str,
+    "optim.max_steps": int,
+    "optim.max_minutes": float,
+    "optim.warmup_epochs": float,
+    "optim.freeze_last_layer_epochs": float,
+    "teacher.warmup_temp_epochs": float,
+    "dbt.negative_gap_mm": float,
+    "dbt.pair_size": int,
+    "monitor.source": str,
+    "monitor.labels": str,
+    "monitor.label_column": str,
+    "monitor.image_size": int,
+}
+_TYPE_WORDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}
+_EXAMPLES = {bool: "true", int: "100", float: "0.5", str: "NAME"}
 
 
 class Config(dict):
@@ -84,7 +105,44 @@ def merge_into(base: dict, update: Mapping, where: str = "") -> None:
                 )
             merge_into(base[key], value, dotted)
         else:
-            base[key] = value
+            base[key] = checked_value(dotted, base[key], value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def checked_value(dotted: str, default: Any, value: Any) -> Any:
+    """`value` for key `dotted` if it has the type of the key's default (or DECLARED_TYPES entry).
+
+    Whole-number floats become ints for integer keys and numbers become text for text keys;
+    anything else of the wrong type raises ConfigError saying what the key takes.
+    """
+    kind = DECLARED_TYPES.get(dotted, type(default))
+    if (value is None and default is None) or kind is type(None):
+        return value  # null where the default is null; an undeclared null default takes anything
+    if kind is list:
+        numeric = all(_is_number(v) for v in default)
+        if isinstance(value, list) and (not numeric or all(_is_number(v) for v in value)):
+            return value
+        takes = "a list of numbers" if numeric else "a list"
+        _wrong_type(dotted, takes, value, "[" + ", ".join(map(str, default)) + "]")
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and _is_number(value) and float(value).is_integer():
+        return int(value)
+    if kind is float and _is_number(value):
+        return value
+    if kind is str and (isinstance(value, str) or _is_number(value)):
+        return str(value)
+    example = _EXAMPLES[kind] if default is None else default
+    example = str(example).lower() if isinstance(example, bool) else example
+    _wrong_type(dotted, _TYPE_WORDS[kind], value, example)
+
+
+def _wrong_type(dotted: str, takes: str, value: Any, example: Any) -> NoReturn:
+    got = "nothing" if value is None else repr(value)
+    raise ConfigError(f"config key {dotted!r} takes {takes}, got {got}; e.g. {dotted}={example}")
 
 
 def _parse_scalar(raw: str) -> Any:

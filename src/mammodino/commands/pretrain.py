@@ -64,13 +64,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mammodino.train.distributed_trainer import train  # torchrun: DDP/FSDP2; else 1 process
+    from mammodino.train.hardware import resolve_hardware_defaults
     from mammodino.train.loop import resolve_device
 
     device = resolve_device(str(cfg.train.device))
     if device.type == "cpu" and cfg.train.malloc_tunables:
         _reexec_with_malloc_tunables()
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    for line in resolve_hardware_defaults(cfg, device):  # also written to RUN/config.yaml
+        if main_rank:
+            print(line, flush=True)
     record = train(cfg, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
     shown = {k: record[k] for k in ("step", "loss", "monitor/knn_acc") if k in record}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_rank:
         print(f"pretrain: {args.output_dir} {shown} (torch {torch.__version__}, {device})")
     return 0

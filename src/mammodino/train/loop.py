@@ -39,6 +39,7 @@ from mammodino.train.checkpoint import (
     restore_rng_state,
 )
 from mammodino.train.ema import ema_update
+from mammodino.train.hardware import resolve_hardware_defaults
 from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
 from mammodino.train.monitor import KNNMonitor
@@ -100,9 +101,9 @@ class Trainer:
     ) -> None:
         self.cfg, self.out, self.show_progress = cfg, Path(output_dir), show_progress
         train, optim = cfg["train"], cfg["optim"]
-        if train["precision"] not in PRECISIONS:
-            raise ConfigError(f"train.precision {train['precision']!r} not in {list(PRECISIONS)}")
         self.device = resolve_device(str(train["device"]))
+        # precision auto -> bf16 or fp32, workers capped by cores; the command prints why.
+        resolve_hardware_defaults(cfg, self.device)
         seed_everything(int(train["seed"]), bool(train["deterministic"]))
         self.model = MammoDINO(cfg).to(self.device)
         init, self.init_warmup_steps = cfg["model"]["init"], int(cfg["model"]["init_warmup_steps"])
@@ -145,7 +146,8 @@ class Trainer:
         batches, started, window, record = self._batches(), time.monotonic(), [], {}
         if self.monitor is not None and self.step == 0:
             self.metrics.write(record := {"step": 0, **self._probe()})
-        with ProgressDisplay(self.stop_step, self.step, self.show_progress) as bar:
+        bar = ProgressDisplay(self.stop_step, self.step, self.show_progress, self.global_batch)
+        with bar:
             while self.step < self.stop_step:
                 tick = time.monotonic()
                 values = self.schedules.at(self.step)
@@ -159,7 +161,7 @@ class Trainer:
                 extra = self._probe() if self._probe_due(last) else {}
                 if (log_every and self.step % log_every == 0) or last or extra:
                     record, window = self._log(values, window, extra), []
-                bar.update(self.step, record.get("loss"), record.get("samples_per_s"))
+                bar.update(self.step, result.losses.get("loss"))
                 if ckpt_every and self.step % ckpt_every == 0 and not last:
                     self.save()
                 if timed_out:

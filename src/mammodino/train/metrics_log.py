@@ -1,11 +1,13 @@
 """What a run tells its user: `RUN/metrics.jsonl` (one JSON object per logged step) and a rich
-progress bar with loss, samples/s and ETA."""
+progress bar with step, loss, samples/s and ETA."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,6 @@ from rich.progress import (
     Progress,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 
@@ -50,42 +51,58 @@ class MetricsLog:
 
 
 class ProgressDisplay:
-    """A progress bar over optimiser steps showing loss and samples/s (rich; quiet when off)."""
+    """A progress bar over optimiser steps: step, loss, samples/s and ETA from the first step on.
 
-    def __init__(self, total_steps: int, start_step: int, enabled: bool = True) -> None:
+    Rate and ETA come from this session's own clock (steps done since the bar started), not
+    rich's speed window, which shows no ETA while a slow run makes less than a step in 30 s.
+    """
+
+    def __init__(
+        self, total_steps: int, start_step: int, enabled: bool = True, samples_per_step: int = 1
+    ) -> None:
         self.console = Console(stderr=True)
+        self.total, self.start_step = total_steps, start_step
+        self.samples_per_step = samples_per_step
+        self.started = time.monotonic()  # reset by __enter__: the clock of rate and ETA
         self.progress = Progress(
-            TextColumn("[bold]pretrain"),
-            BarColumn(),
+            TextColumn("[bold]pretrain step"),
             MofNCompleteColumn(),
+            BarColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[rate]} samples/s"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=self.console,
             disable=not enabled,
             transient=not sys.stderr.isatty(),
         )
         self.task = self.progress.add_task(
-            "pretrain", total=total_steps, completed=start_step, loss="-", rate="-"
+            "pretrain", total=total_steps, completed=start_step, loss="-", rate="-", eta="-:--:--"
         )
 
     def __enter__(self) -> ProgressDisplay:
+        self.started = time.monotonic()
         self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
-    def update(self, step: int, loss: float | None = None, rate: float | None = None) -> None:
-        """Move the bar to `step`; refresh the shown loss and samples/s when given."""
-        fields = {}
+    def update(self, step: int, loss: float | None = None) -> None:
+        """Move the bar to `step`; show its loss and the samples/s and ETA so far."""
+        fields = self.rate_and_eta(step, time.monotonic() - self.started)
         if loss is not None:
             fields["loss"] = f"{loss:.4f}"
-        if rate is not None:
-            fields["rate"] = f"{rate:.1f}"
         self.progress.update(self.task, completed=step, **fields)
+
+    def rate_and_eta(self, step: int, seconds: float) -> dict[str, str]:
+        """samples/s and the remaining time (H:MM:SS) after `seconds` of this session."""
+        done = step - self.start_step
+        if done <= 0 or seconds <= 0:
+            return {}
+        per_step = seconds / done
+        eta = datetime.timedelta(seconds=round(per_step * max(0, self.total - step)))
+        return {"rate": f"{self.samples_per_step / per_step:.1f}", "eta": str(eta)}
 
     def warn(self, message: str) -> None:
         """A one-line warning above the bar."""
