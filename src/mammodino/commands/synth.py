@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
+    from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from mammodino.errors import ConfigError
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         TextColumn("{task.completed}/{task.total}"),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, transient=True) as progress:
+    # Off when not on a terminal: a transient bar still leaves an empty line in a log file.
+    with Progress(*columns, transient=True, disable=not Console().is_terminal) as progress:
         task = progress.add_task("synth", total=len(plan(settings)))
         labels, lesions = generate(
             args.output, settings, workers, on_item=lambda _: progress.advance(task)

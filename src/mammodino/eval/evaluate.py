@@ -149,6 +149,7 @@ def evaluate(
     features_path: Path, labels_path: Path, settings: EvalSettings
 ) -> tuple[dict, list[dict], dict[str, np.ndarray]]:
     """Figures, out-of-fold predictions and heat maps of every protocol (same folds for all)."""
+    from rich.console import Console
     from rich.progress import Progress
 
     features = load_features(features_path, with_grid=settings.localization)
@@ -170,7 +171,8 @@ def evaluate(
     }
     predictions: list[dict] = []
     arrays: dict[str, np.ndarray] = {}
-    with Progress(transient=True) as bar:
+    # Off when not on a terminal: a transient bar still leaves an empty line in a log file.
+    with Progress(transient=True, disable=not Console().is_terminal) as bar:
         if settings.task:
             steps = len(settings.protocols) * len(settings.fractions) * settings.folds
             job = bar.add_task(f"eval {settings.task}", total=steps)

@@ -124,12 +124,14 @@ def read_manifest(cache: Path) -> list[dict[str, str]]:
 def extract_handcrafted(cache: str | Path, output: str | Path) -> Path:
     """Hand-crafted features of every cache image, written as FEATS; returns the .npz path."""
     import cv2
+    from rich.console import Console
     from rich.progress import track
 
     cache = Path(cache)
     rows = read_manifest(cache)
     vectors, grids = [], []
-    for row in track(rows, description="hand-crafted features", transient=True):
+    quiet = not Console().is_terminal  # a transient bar leaves an empty line in a log file
+    for row in track(rows, description="hand-crafted features", transient=True, disable=quiet):
         image = cv2.imread(str(cache / row["image"]), cv2.IMREAD_UNCHANGED)
         mask = cv2.imread(str(cache / row["mask"]), cv2.IMREAD_UNCHANGED)
         if image is None or mask is None:
