@@ -12,11 +12,14 @@ from mammodino.report.demo_pipeline import (
     BACKBONES,
     TASKS,
     DemoSettings,
+    PaceWatch,
     run_demo,
+    step_overrides,
     write_eval_cache,
     write_labels,
 )
-from mammodino.report.demo_summary import summary_table
+from mammodino.report.demo_summary import runs_table, summary_table
+from mammodino.report.runs import run_facts
 
 
 def test_eval_cache_keeps_ffdm_rows_and_links_the_images(tmp_path):
@@ -65,6 +68,78 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
     assert "random-init" in lines[1] and "0.550" in lines[1]
 
 
+def test_demo_steps_are_fixed_and_curves_get_enough_points():
+    steps, overrides = step_overrides(DemoSettings())
+    assert steps == 140  # the preset's 20 epochs of 7 steps, whatever the machine
+    assert "optim.max_steps=140" in overrides and "train.log_every=5" in overrides
+    assert steps // 5 >= 20  # >= 20 points on every loss curve
+    assert not any(o.startswith("optim.max_minutes") for o in overrides)
+    steps, overrides = step_overrides(DemoSettings(steps=1000, precision="fp32"))
+    assert steps == 1000 and "optim.steps_per_epoch=50" in overrides  # schedule rescaled
+    assert "train.log_every=35" in overrides and "train.precision=fp32" in overrides
+
+
+def test_demo_cli_rejects_a_non_positive_step_count(capsys):
+    from mammodino.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--steps", "0"])
+    assert exit_info.value.code == 2
+    assert "positive whole number of steps" in capsys.readouterr().err
+
+
+def _write_run(run, steps, log_every=5, batch=16, seconds_per_step=0.5):
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(
+        f"data:\n  batch_size: {batch}\noptim:\n  accumulate_steps: 1\n"
+    )
+    lines = [json.dumps({"step": 0, "monitor/knn_acc": 0.3})]
+    for step in range(log_every, steps + 1, log_every):
+        rate = batch / seconds_per_step
+        lines.append(json.dumps({"step": step, "loss": 10.0 - step / 100, "samples_per_s": rate}))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def test_run_facts_and_the_short_run_flag(tmp_path):
+    long_run = _write_run(tmp_path / "mammodino", 140)
+    short = _write_run(tmp_path / "dinov2-recipe", 5, log_every=1)
+    facts = run_facts(long_run)
+    assert (facts.steps, facts.images_seen, facts.curve_points) == (140, 2240, 28)
+    assert facts.step_seconds == pytest.approx(70.0) and not facts.too_short
+    assert run_facts(short).too_short and run_facts(tmp_path / "nothing") is None
+    console = Console(width=200, record=True)
+    console.print(runs_table([long_run, short]))
+    lines = console.export_text().splitlines()
+    assert any("mammodino" in ln and "140" in ln and "2,240" in ln for ln in lines)
+    assert any("dinov2-recipe" in ln and "too short to compare" in ln for ln in lines)
+    assert not any("mammodino" in ln and "too short" in ln for ln in lines)
+
+
+def test_report_states_steps_and_flags_a_short_run_in_red(tmp_path):
+    from mammodino.report.build import build_report
+
+    run = _write_run(tmp_path / "runs" / "mammodino", 140)
+    baseline = _write_run(tmp_path / "runs" / "dinov2-recipe", 5, log_every=1)
+    text = build_report(run, compare=[baseline]).read_text()
+    assert "images seen" in text and "2,240" in text and "70 s" in text
+    assert '<p class="warn">Too short to compare: dinov2-recipe (5 steps)' in text
+    assert '<td class="warn">too short to compare</td>' in text
+    assert "mammodino (140 steps)" not in text
+
+
+def test_pace_watch_gives_one_eta_line_after_the_first_steps(tmp_path):
+    run = _write_run(tmp_path / "run", 5, log_every=5)
+    watch = PaceWatch(run / "metrics.jsonl", steps=140, runs_left=1)
+    assert watch.check(now=100.0) is None  # first sighting: step 5
+    _write_run(tmp_path / "run2", 15, log_every=5)
+    (run / "metrics.jsonl").write_text((tmp_path / "run2" / "metrics.jsonl").read_text())
+    line = watch.check(now=110.0)  # 10 steps in 10 s: 1 s/step, 125 + 140 steps to go
+    assert line.startswith("1.00 s/step at step 15/140") and "about 4.4 min" in line
+    assert "1 more run(s)" in line and "ETA" in line
+    assert watch.check(now=120.0) is None  # said once
+
+
 @pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     settings = DemoSettings(
@@ -73,7 +148,7 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         ffdm_shape=(96, 80),
         dbt_shape=(4, 64, 56),
         cache_size=64,
-        max_steps=1,
+        steps=2,
         image_size=32,
         folds=2,
         n_boot=10,
@@ -107,7 +182,12 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
         for name in ("mammodino", "dinov2-recipe")
         for line in (demo.runs / name / "metrics.jsonl").read_text().splitlines()
     ]
-    assert max(steps) == 1
+    assert max(steps) == 2  # both runs: the fixed step count
+    from mammodino.report.build import build_report
+
+    runs = [demo.runs / "mammodino", demo.runs / "dinov2-recipe"]
+    report = build_report(runs[0], output=tmp_path / "r.html", compare=runs[1:]).read_text()
+    assert "Too short to compare: mammodino (2 steps), dinov2-recipe (2 steps)" in report
     baseline = (demo.runs / "dinov2-recipe" / "config.yaml").read_text()
     assert "sampler: random" in baseline and "slice_loss_weight: 0" in baseline
     again = run_demo(tmp_path / "demo", settings, log=lambda _: None)

@@ -227,3 +227,32 @@ def test_report_says_what_is_missing_instead_of_failing(tmp_path, missing):
     assert out == run / "report.html"
     assert ("No metrics.jsonl" in text) == (missing == "metrics.jsonl")
     assert "No results.json" in text
+
+
+def test_evaluation_section_shows_classes_as_text_chance_and_explains_the_labels_column(tmp_path):
+    from mammodino.report.build import build_report
+
+    run = tmp_path / "run"
+    for name, auc in (("mammodino", 0.8), ("random-init", 0.6)):
+        data = result(name, auc, (0.5, 0.9))
+        data.update(classes=["benign", "malignant"], class_counts=[30, 10], n_images_labelled=40)
+        (run / "eval" / name).mkdir(parents=True)
+        (run / "eval" / name / "results.json").write_text(json.dumps(data))
+    text = build_report(run).read_text()
+    assert "classes: benign, malignant (30, 10 images); 40 images" in text
+    assert "[&#x27;" not in text and "['" not in text  # no Python list
+    assert "training labels</b>: the share of each training fold" in text
+    # chance: AUROC 0.5, balanced accuracy 1/2, AUPRC the share of positives (10/40)
+    auroc_row = re.search(r"<td[^>]*>AUROC</td><td[^>]*>([^<]*)</td>", text)
+    bal_row = re.search(r"<td[^>]*>balanced accuracy</td><td[^>]*>([^<]*)</td>", text)
+    assert auroc_row.group(1) == "0.500" and bal_row.group(1) == "0.500"
+
+
+def test_chance_levels_per_metric():
+    from mammodino.report.results import chance_level
+
+    assert chance_level("balanced_accuracy", [10, 10, 20]) == pytest.approx(1 / 3)
+    assert chance_level("auroc", [5, 5]) == 0.5 and chance_level("auroc_ovr", [1, 1, 1]) == 0.5
+    assert chance_level("auprc", [30, 10]) == pytest.approx(0.25)
+    assert chance_level("kappa_quadratic", [1, 1, 1]) == 0.0
+    assert chance_level("macro_f1", [1, 1]) is None

@@ -24,10 +24,10 @@ from mammodino.report.results import (
     localization_rows,
     oof_roc,
 )
+from mammodino.report.runs import SHORT_RUN_STEPS, RunFacts, format_minutes, run_facts
 
 N_IMAGES = 4  # mammograms in the attention / PCA / heat-map figures
 N_CROP_SAMPLES = 3
-VIEW_SIZE = 224  # attention/PCA input side: finer patch grids than the small training crops
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -73,7 +73,42 @@ def _load_pair(cache: Path, row: dict[str, str]) -> tuple[np.ndarray, np.ndarray
     return image, (mask if mask is not None else np.ones_like(image))
 
 
-def _section_training(run: Path) -> str:
+def _short_run_warning(runs: Sequence[RunFacts]) -> str:
+    """A red line naming the runs too short to compare ('' when none is)."""
+    short = [f"{r.name} ({r.steps} steps)" for r in runs if r.too_short]
+    if not short:
+        return ""
+    return (
+        f'<p class="warn">Too short to compare: {H.esc(", ".join(short))}. Under '
+        f"{SHORT_RUN_STEPS} steps a network stays close to its initialisation: its features "
+        "and figures say nothing about its recipe (run longer, e.g. `mammodino demo --steps "
+        "400`).</p>"
+    )
+
+
+def _runs_table(runs: Sequence[RunFacts]) -> str:
+    """Steps, images seen and time of the run and the runs it is compared with."""
+    rows = [
+        [
+            r.name,
+            str(r.steps),
+            f"{r.images_seen:,}",
+            format_minutes(r.step_seconds),
+            str(r.curve_points),
+            "too short to compare" if r.too_short else "",
+        ]
+        for r in runs
+    ]
+    flagged = [{5} if r.too_short else set() for r in runs]
+    header = ["run", "steps", "images seen", "wall time of the steps", "logged points", "flag"]
+    return H.table(header, rows, flagged=flagged) + (
+        '<p class="note">Images seen: steps x batch x accumulated micro-batches (one process). '
+        "Wall time: the summed duration of the training steps from metrics.jsonl (start-up, kNN "
+        f"monitor and checkpoints left out). Runs under {SHORT_RUN_STEPS} steps are flagged.</p>"
+    )
+
+
+def _section_training(run: Path, runs: Sequence[RunFacts]) -> str:
     path = run / "metrics.jsonl"
     if not path.is_file():
         return '<p class="note">No metrics.jsonl in this run.</p>'
@@ -82,40 +117,60 @@ def _section_training(run: Path) -> str:
     facts = ", ".join(
         f"{k} {last[k]:.4g}" for k in ("step", "loss", "lr", "samples_per_s") if k in last
     )
-    return f'<p class="note">Last logged step: {H.esc(facts)}.</p>' + H.image(
-        figures.training_curves(records), "training curves"
+    return (
+        _short_run_warning(runs)
+        + _runs_table(runs)
+        + f'<p class="note">Last logged step of {H.esc(run.name)}: {H.esc(facts)}.</p>'
+        + H.image(figures.training_curves(records), "training curves")
     )
 
 
-def _section_evaluation(results: Sequence[EvalResult]) -> str:
+def _classes_text(data: dict) -> str:
+    """'F, G, D (20, 30, 30 images)': the classes in code order with their counts."""
+    classes = [str(c) for c in data.get("classes", [])]
+    counts = data.get("class_counts")
+    text = ", ".join(classes) or "?"
+    if counts and len(counts) == len(classes):
+        text += f" ({', '.join(str(c) for c in counts)} images)"
+    return text
+
+
+def _section_evaluation(results: Sequence[EvalResult], runs: Sequence[RunFacts] = ()) -> str:
     if not results:
         return (
             '<p class="note">No results.json under RUN/eval/ or --evals: run `mammodino eval` '
             "(see docs/report.md).</p>"
         )
     out = [
+        _short_run_warning(runs),
         '<p class="note">Pooled out-of-fold figures with patient-level bootstrap 95% intervals; '
-        "every backbone uses the same patient-level folds. Best point value of each row in bold."
-        "</p>"
+        "every backbone uses the same patient-level folds. Best point value of each row in bold. "
+        "<b>training labels</b>: the share of each training fold's labelled patients the probe "
+        "was fitted on (100% = all of them; smaller shares, from `eval --label-fractions`, show "
+        "label efficiency). <b>chance</b>: what a guess that ignores the image scores on "
+        "average (AUROC 0.5, balanced accuracy 1 / number of classes, kappa 0, AUPRC the share "
+        "of positives).</p>",
     ]
     for view in by_task(results):
         first = next(iter(view.results.values())).data
         out.append(
-            f"<h3>{H.esc(view.task)}</h3><p class='note'>classes {H.esc(view.classes)}, "
-            f"{first.get('n_patients', '?')} patients, {first.get('folds', '?')}-fold CV</p>"
+            f"<h3>{H.esc(view.task)}</h3><p class='note'>classes: {H.esc(_classes_text(first))}; "
+            f"{first.get('n_images_labelled', '?')} images of {first.get('n_patients', '?')} "
+            f"patients, {first.get('folds', '?')}-fold CV</p>"
         )
         backbones, rows = comparison_rows(view)
-        header = ["protocol", "labels", "metric", *backbones]
+        header = ["protocol", "training labels", "metric", "chance", *backbones]
         cells = [
             [
                 r["protocol"],
                 f"{r['fraction']:.0%}",
                 r["metric"],
+                "-" if r["chance"] is None else f"{r['chance']:.3f}",
                 *(r["cells"][b] for b in backbones),
             ]
             for r in rows
         ]
-        best = [{3 + backbones.index(b) for b in r["best"]} for r in rows]
+        best = [{4 + backbones.index(b) for b in r["best"]} for r in rows]
         out.append(H.table(header, cells, best))
         protocols = list(
             dict.fromkeys(p for r in view.results.values() for p in r.data["protocols"])
@@ -172,9 +227,9 @@ def _section_backbone(run: Path, cache: Path) -> str:
     from mammodino.eval.embed import load_backbone
     from mammodino.report.model_views import canvas_image, cls_attention, patch_pca_rgb
 
-    probe = load_backbone(run)
-    side = max(probe.image_size, VIEW_SIZE // probe.model.patch_size * probe.model.patch_size)
-    backbone = load_backbone(run, image_size=side)
+    # At the size the run trained at (its global crops): a larger input shows the network
+    # positions it never saw, which would make its maps look finer than what it learnt.
+    backbone = load_backbone(run)
     rows = _pick_rows(_manifest(cache), N_IMAGES)
     pairs = [_load_pair(cache, r) for r in rows]
     images = [p[0] for p in pairs]
@@ -183,13 +238,14 @@ def _section_backbone(run: Path, cache: Path) -> str:
     shown = [canvas_image(im) for im in images]
     titles = [f"{r.get('laterality', '')} {r.get('view', '')}".strip() for r in rows]
     note = (
-        f"Teacher backbone at {backbone.image_size} px ({backbone.grid_size}x{backbone.grid_size} "
-        "patches). Attention: CLS to patches, last block, mean over heads. PCA: first three "
+        f"Teacher backbone at {backbone.image_size} px, the run's global crop size "
+        f"({backbone.grid_size}x{backbone.grid_size} patches). Attention: CLS to patches, last block, mean over heads. PCA: first three "
         "components of the patch features of the breast patches of these images as RGB."
     )
     maps = {"CLS attention (last block)": list(attention), "patch PCA (RGB)": list(pca)}
     return f'<p class="note">{H.esc(note)}</p>' + H.image(
-        figures.image_maps(shown, maps, titles=titles), "attention and PCA"
+        figures.image_maps(shown, maps, titles=titles, image_label="mammogram"),
+        "attention and PCA",
     )
 
 
@@ -215,6 +271,7 @@ def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
     if not chosen:
         return '<p class="note">No held-out image with a lesion among the heat maps.</p>'
     images = [canvas_image(_load_pair(cache, rows[i])[0]) for i in chosen]
+    titles = [f"{rows[i].get('laterality', '')} {rows[i].get('view', '')}".strip() for i in chosen]
     maps: dict[str, list[np.ndarray]] = {
         # NaN is transparent: only the lesion patches are coloured.
         "lesion patches": [
@@ -231,10 +288,12 @@ def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
         if all(i in index for i in chosen):
             maps[r.backbone] = [data["heatmaps"][index[i]] for i in chosen]
     note = (
-        "Out-of-fold lesion probability per patch (probe trained on the other folds); colours "
-        "span each map's own range."
+        "First row: held-out mammograms with a lesion; then the annotated lesion patches; then per "
+        "backbone the out-of-fold lesion probability per patch (probe trained on the other "
+        "folds); colours span each map's own range."
     )
-    return f'<p class="note">{note}</p>' + H.image(figures.image_maps(images, maps), "heat maps")
+    figure = figures.image_maps(images, maps, titles=titles, image_label="held-out mammogram")
+    return f'<p class="note">{note}</p>' + H.image(figure, "heat maps")
 
 
 def _guard(name: str, make: Callable[[], str]) -> str:
@@ -245,8 +304,14 @@ def _guard(name: str, make: Callable[[], str]) -> str:
         return f'<p class="note">{H.esc(name)} not available: {H.esc(type(err).__name__)}: {H.esc(err)}</p>'
 
 
-def build_report(run: Path, evals: Sequence[Path] = (), output: Path | None = None) -> Path:
-    """Write the report of `run` (and of the results.json under RUN/eval and `evals`)."""
+def build_report(
+    run: Path,
+    evals: Sequence[Path] = (),
+    output: Path | None = None,
+    compare: Sequence[Path] = (),
+) -> Path:
+    """Write the report of `run` (and of the results.json under RUN/eval and `evals`); the runs
+    in `compare` (e.g. a baseline's) get a row in the table of steps, images seen and time."""
     from mammodino.config import load_config
     from mammodino.errors import ConfigError
 
@@ -259,9 +324,14 @@ def build_report(run: Path, evals: Sequence[Path] = (), output: Path | None = No
     results = find_results(folders)
     source = cfg.data.source if cfg is not None else None
     cache = Path(source) if source and (Path(source) / "manifest.csv").is_file() else None
+    runs = [f for f in (run_facts(r) for r in [run, *map(Path, compare)]) if f is not None]
     sections = [
-        ("training", "Training curves", _section_training(run)),
-        ("evaluation", "Evaluation (patient-level cross-validation)", _section_evaluation(results)),
+        ("training", "Training curves", _section_training(run, runs)),
+        (
+            "evaluation",
+            "Evaluation (patient-level cross-validation)",
+            _section_evaluation(results, runs),
+        ),
     ]
     if cfg is not None and cache is not None:
         sections.append(

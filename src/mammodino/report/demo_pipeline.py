@@ -3,12 +3,17 @@
 Every stage writes into the demo folder and is skipped when its output already exists, so a rerun
 resumes where an interrupted one stopped. Pretraining runs as a child process (`python -m
 mammodino pretrain`) so it gets the CPU allocator settings and returns its memory when done.
+Both pretraining runs make the same fixed number of steps on every machine (the preset's
+schedule, or `steps`): a slow machine takes longer instead of comparing two barely trained
+networks. An ETA is printed from the first logged steps of each run.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,17 +30,21 @@ SKIPPED_NAME = "skipped.json"
 BASELINE_OVERRIDES = ("crops.sampler=random", "masking.mode=random", "dbt.slice_loss_weight=0")
 
 
+CURVE_POINTS = 28  # logged records per run: enough points for the report's loss curves
+MIN_PACE_STEPS = 8  # steps between the two sightings that time a run (polled once a second)
+
+
 @dataclass
 class DemoSettings:
-    """Sizes and budgets of one demo (defaults fit ~10 minutes on 2 CPU cores)."""
+    """Sizes and step counts of one demo (defaults: ~8 minutes on 2 CPU cores in fp32)."""
 
     n_ffdm: int = 96
     n_dbt: int = 8
     ffdm_shape: tuple[int, int] = (384, 300)
     dbt_shape: tuple[int, int, int] = (12, 256, 200)
     cache_size: int = 256
-    minutes: float = 2.5  # MammoDINO pretraining wall time; the baseline gets its step count
-    max_steps: int | None = None  # or a fixed step budget (tests)
+    steps: int | None = None  # pretraining steps of each run; None: the preset's whole schedule
+    precision: str | None = None  # train.precision (auto | fp32 | bf16); None: the preset's
     image_size: int = 160  # whole mammograms are embedded at this side
     folds: int = 5
     n_boot: int = 300
@@ -119,16 +128,40 @@ def write_labels(phantom_labels: Path, out: Path) -> None:
 
 
 def _last_step(run: Path) -> int:
-    steps = [
-        json.loads(line).get("step", 0)
-        for line in (run / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    steps = [json.loads(line).get("step", 0) for line in lines if line.strip()]
     return int(max(steps, default=0))
 
 
-def pretrain(demo: Demo, name: str, extra: list[str]) -> None:
-    """One pretraining run as a child process, with the demo's budget."""
+def step_overrides(settings: DemoSettings) -> tuple[int, list[str]]:
+    """The number of steps of each run and the overrides that make it so: `steps` rescales the
+    preset's epochs (warm-ups keep their share of the run), and the log interval gives the
+    curves about CURVE_POINTS points whatever the length."""
+    from mammodino.config import load_config
+
+    optim = load_config(preset=settings.config).optim
+    epochs = int(optim.epochs)
+    steps = int(settings.steps or epochs * int(optim.steps_per_epoch))
+    overrides = [
+        f"optim.steps_per_epoch={math.ceil(steps / epochs)}",
+        f"optim.max_steps={steps}",
+        f"train.log_every={max(1, steps // CURVE_POINTS)}",
+    ]
+    if settings.precision:
+        overrides.append(f"train.precision={settings.precision}")
+    return steps, overrides
+
+
+def _pretrained(run: Path, steps: int) -> bool:
+    return (run / "checkpoints" / "last.pt").is_file() and _last_step(run) >= steps
+
+
+def pretrain(demo: Demo, name: str, extra: list[str], steps: int, runs_left: int = 0) -> None:
+    """One pretraining run as a child process (resumed when an earlier demo was interrupted);
+    prints the run's pace and an ETA once its first steps are logged."""
     s = demo.settings
     run = demo.runs / name
     args = [
@@ -138,9 +171,47 @@ def pretrain(demo: Demo, name: str, extra: list[str]) -> None:
     ]  # fmt: skip
     if not s.progress:
         args.insert(4, "--no-progress")
-    result = subprocess.run(args, check=False)
-    if result.returncode != 0:
-        raise MammodinoError(f"demo pretraining {name!r} failed with exit code {result.returncode}")
+    if (run / "checkpoints" / "last.pt").is_file():
+        args.insert(4, "--resume")
+    child = subprocess.Popen(args)
+    pace = PaceWatch(run / "metrics.jsonl", steps, runs_left)
+    while child.poll() is None:
+        time.sleep(1.0)
+        if (line := pace.check()) is not None:
+            demo.log(f"[demo] pretrain {name}: {line}")
+    if child.returncode != 0:
+        raise MammodinoError(f"demo pretraining {name!r} failed with exit code {child.returncode}")
+
+
+class PaceWatch:
+    """Watches a run's metrics.jsonl; once two logged steps are seen, gives one line with the
+    seconds per step and when this run (and `runs_left` more of the same length) will end."""
+
+    def __init__(self, metrics: Path, steps: int, runs_left: int = 0) -> None:
+        self.metrics, self.steps, self.runs_left = metrics, steps, runs_left
+        self.first: tuple[int, float] | None = None
+        self.done = False
+
+    def check(self, now: float | None = None) -> str | None:
+        """The pace line the first time it can be computed, else None."""
+        if self.done or not self.metrics.is_file():
+            return None
+        now = time.monotonic() if now is None else now
+        step = _last_step(self.metrics.parent)
+        if step <= 0 or step >= self.steps:
+            return None
+        if self.first is None or step < self.first[0] + MIN_PACE_STEPS:
+            self.first = self.first or (step, now)
+            return None
+        self.done = True
+        per_step = (now - self.first[1]) / (step - self.first[0])
+        left = per_step * ((self.steps - step) + self.runs_left * self.steps)
+        end = datetime.datetime.now() + datetime.timedelta(seconds=left)
+        both = f" and {self.runs_left} more run(s) of as many steps" if self.runs_left else ""
+        return (
+            f"{per_step:.2f} s/step at step {step}/{self.steps}: this run{both} "
+            f"done in about {left / 60:.1f} min (ETA {end:%H:%M})"
+        )
 
 
 def _finished(out: Path) -> bool:
@@ -205,26 +276,19 @@ def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = pri
     )  # fmt: skip
     write_eval_cache(demo.cache, demo.eval_cache)
     write_labels(demo.phantom / "labels.csv", demo.labels)
-    budget = [f"optim.max_minutes={s.minutes}"]
-    if s.max_steps:
-        budget.append(f"optim.max_steps={s.max_steps}")
+    # Equal compute: both runs make the same fixed number of steps (a wall-time budget would
+    # give a slow or shared machine two barely trained, indistinguishable networks).
+    steps, budget = step_overrides(s)
     main_run = demo.runs / "mammodino"
     demo.stage(
         "pretrain mammodino",
-        (main_run / "checkpoints" / "last.pt").is_file(),
-        lambda: pretrain(demo, "mammodino", budget),
+        _pretrained(main_run, steps),
+        lambda: pretrain(demo, "mammodino", budget, steps, runs_left=1),
     )
-    # Equal compute: the baseline gets the same number of steps (a wall-time budget alone would
-    # give whichever run the shared machine slowed down fewer steps).
-    steps = _last_step(main_run)
     demo.stage(
         "pretrain dinov2-recipe",
-        (demo.runs / "dinov2-recipe" / "checkpoints" / "last.pt").is_file(),
-        lambda: pretrain(
-            demo,
-            "dinov2-recipe",
-            [*BASELINE_OVERRIDES, f"optim.max_steps={steps}", f"optim.max_minutes={3 * s.minutes}"],
-        ),
+        _pretrained(demo.runs / "dinov2-recipe", steps),
+        lambda: pretrain(demo, "dinov2-recipe", [*BASELINE_OVERRIDES, *budget], steps),
     )
     weights = {
         "mammodino": str(main_run),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.table import Table
 
-from mammodino.report.results import backbone_order, find_results
+from mammodino.report.results import backbone_order, chance_level, find_results
+from mammodino.report.runs import SHORT_RUN_STEPS, format_minutes, run_facts
 
 # The headline figure of each task (pooled out-of-fold, logistic regression probe).
 HEADLINE = {
@@ -23,21 +25,54 @@ def summary_table(eval_dir: Path, protocol: str = "logreg") -> Table:
     """Backbones x tasks: the headline figure with its 95% interval, and localization hit rate."""
     results = find_results([eval_dir]) if eval_dir.exists() else []
     cells: dict[str, dict[str, str]] = {}
+    chance: dict[str, str] = {}
     for r in sorted(results, key=lambda r: backbone_order(r.backbone)):
         row = cells.setdefault(r.backbone, {})
         if r.task in HEADLINE and "protocols" in r.data:
             fig = r.data["protocols"].get(protocol, {}).get("1", {}).get("pooled", {})
             row[r.task] = _text(fig.get(HEADLINE[r.task]))
+            level = chance_level(HEADLINE[r.task], r.data.get("class_counts") or [])
+            chance[r.task] = "-" if level is None else f"{level:.3f}"
         if "localization" in r.data:
             row["localization"] = _text(r.data["localization"].get("hit_rate"))
+            level = r.data["localization"].get("hit_rate_chance")
+            chance["localization"] = "-" if level is None else f"{level:.3f}"
     table = Table(title=f"demo: patient-level 5-fold CV ({protocol} probe; pooled, 95% CI)")
     columns = [*HEADER, "lesion loc. hit rate"]
     table.add_column("backbone")
     for c in columns:
         table.add_column(c, justify="right")
+    keys = [*HEADLINE, "localization"]
     for backbone, row in cells.items():
-        keys = [*HEADLINE, "localization"]
         table.add_row(backbone, *(row.get(k, "-") for k in keys))
+    if cells:
+        # Balanced accuracy 1/classes, AUROC 0.5, a random pointer's hit rate.
+        table.add_row("chance level", *(chance.get(k, "-") for k in keys), style="dim")
+    return table
+
+
+def runs_table(runs: Sequence[Path]) -> Table:
+    """Steps, images seen and time of each pretraining run; short runs flagged in red."""
+    table = Table(title="pretraining runs (equal steps: equal compute)")
+    table.add_column("run")
+    for name in ("steps", "images seen", "wall time of the steps", "logged points"):
+        table.add_column(name, justify="right")
+    table.add_column("flag")
+    for run in runs:
+        facts = run_facts(run)
+        if facts is None:
+            continue
+        flag = (
+            f"[bold red]too short to compare (< {SHORT_RUN_STEPS} steps)" if facts.too_short else ""
+        )
+        table.add_row(
+            facts.name,
+            str(facts.steps),
+            f"{facts.images_seen:,}",
+            format_minutes(facts.step_seconds),
+            str(facts.curve_points),
+            flag,
+        )
     return table
 
 

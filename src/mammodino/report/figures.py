@@ -140,8 +140,10 @@ def image_maps(
     cmap: str = "inferno",
     alpha: float = 0.55,
     titles: Sequence[str] | None = None,
+    image_label: str = "image",
 ) -> bytes:
-    """A grid: one column per image, a first row with the image, then one row per map kind.
+    """A grid: one column per image, a first row with the image (labelled `image_label`, each
+    with its title), then one row per map kind, labelled with its name.
 
     A map is either [h, w] (a heat map stretched over the image, NaN transparent) or [h, w, 3]
     RGB in [0, 1] (shown as is, e.g. the PCA of patch features).
@@ -153,7 +155,9 @@ def image_maps(
         axes[0][j].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[0][j].axis("off")
         if titles is not None:
-            axes[0][j].set_title(titles[j], fontsize=7)
+            axes[0][j].set_title(titles[j], fontsize=7, loc="right")
+        if j == 0:
+            axes[0][j].set_title(image_label, fontsize=8, loc="left")
         for i, (name, values) in enumerate(maps.items(), start=1):
             ax = axes[i][j]
             value = np.asarray(values[j])

@@ -14,6 +14,7 @@ h3{margin-bottom:6px}.meta{color:#666;font-size:.9em}.note{color:#666;font-size:
 table{border-collapse:collapse;margin:8px 0 16px;font-size:.85em}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
 th{background:#f3f3f3}td.l,th.l{text-align:left}td.best{font-weight:700;background:#eef7ee}
+.warn,td.warn{color:#c00000;font-weight:700}
 img{max-width:100%;display:block;margin:6px 0 14px}.row{display:flex;flex-wrap:wrap;gap:18px;
 align-items:flex-start}nav a{margin-right:14px}
 """
@@ -30,17 +31,24 @@ def esc(text: object) -> str:
     return html.escape(str(text))
 
 
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], best: Sequence[set] = ()) -> str:
-    """A table; the first column left-aligned; `best[i]` holds column indices to highlight."""
+def table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    best: Sequence[set] = (),
+    flagged: Sequence[set] = (),
+) -> str:
+    """A table; the first column left-aligned; `best[i]` holds column indices to highlight,
+    `flagged[i]` those to show as a warning (red)."""
     head = "".join(
         f'<th class="{"l" if i == 0 else ""}">{esc(h)}</th>' for i, h in enumerate(header)
     )
     body = []
     for r, row in enumerate(rows):
         marks = best[r] if r < len(best) else set()
+        warns = flagged[r] if r < len(flagged) else set()
         cells = []
         for i, cell in enumerate(row):
-            cls = "l" if i == 0 else ("best" if i in marks else "")
+            cls = "l" if i == 0 else ("warn" if i in warns else "best" if i in marks else "")
             cells.append(f'<td class="{cls}">{esc(cell)}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"

@@ -103,10 +103,28 @@ def _cell(figure: dict | None) -> tuple[float | None, str]:
     return value, text
 
 
+def chance_level(metric: str, class_counts: Sequence[int]) -> float | None:
+    """What a guess that ignores the image scores on `metric` (None: no single value, e.g.
+    macro-F1, which depends on how the guess spreads over the classes)."""
+    n_classes = len(class_counts)
+    if metric in ("auroc", "auroc_ovr"):
+        return 0.5
+    if metric == "balanced_accuracy" and n_classes:
+        return 1.0 / n_classes
+    if metric == "kappa_quadratic":
+        return 0.0
+    if metric == "auprc" and n_classes == 2 and sum(class_counts):
+        return class_counts[-1] / sum(class_counts)  # the positive class comes last
+    return None
+
+
 def comparison_rows(view: TaskView) -> tuple[list[str], list[dict]]:
     """Rows (protocol, labels share, metric) x columns (backbones) of pooled figures with 95%
-    intervals; `best` names the backbone(s) with the highest point value of each row."""
+    intervals; `best` names the backbone(s) with the highest point value of each row, `chance`
+    the metric's chance level."""
     backbones = list(view.results)
+    first = next(iter(view.results.values())).data
+    counts = first.get("class_counts") or [0] * len(view.classes)
     keys: list[tuple[str, str]] = []
     for r in view.results.values():
         for protocol, by_fraction in r.data["protocols"].items():
@@ -128,6 +146,7 @@ def comparison_rows(view: TaskView) -> tuple[list[str], list[dict]]:
                     "protocol": protocol,
                     "fraction": float(fraction),
                     "metric": label,
+                    "chance": chance_level(metric, counts),
                     "cells": cells,
                     "best": [n for n, v in values.items() if v is not None and v >= top - 1e-12],
                 }
