@@ -72,7 +72,7 @@ def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     obj = datetime.date(2020, 1, 1)  # any class outside the weights_only allow-list
     torch.save({"format": "mammodino-checkpoint", "version": 1, "obj": obj}, path)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(CheckpointError, match="not a tensor-only checkpoint"):
         load_checkpoint(path)
 
 

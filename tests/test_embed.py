@@ -85,5 +85,43 @@ def test_embed_command_resumes_to_identical_features(tmp_path):
 def test_unknown_weights_give_clear_error(tmp_path):
     from mammodino.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match="not a run folder"):
+    with pytest.raises(CheckpointError, match="nothing: no such file or folder"):
         load_backbone(tmp_path / "nothing")
+
+
+def _save_tiny_vit(path, seed: int) -> None:
+    from mammodino.models.vit import build_vit
+
+    torch.manual_seed(seed)
+    torch.save(build_vit("vit_tiny", img_size=32, patch_size=16, in_chans=1).state_dict(), path)
+
+
+def test_embed_chunks_are_keyed_on_the_weights_not_their_path(tmp_path, capsys):
+    """Retrained weights at the same path start over (one line why); a copy elsewhere reuses."""
+    _tiny_cache(tmp_path / "cache")
+    weights, out = tmp_path / "backbone.pth", tmp_path / "feats"
+
+    def embed(path, output=out) -> str:
+        argv = ["embed", "--weights", str(path), "--image-size", "32", "--input",
+                str(tmp_path / "cache"), "--output", str(output), "--no-progress"]  # fmt: skip
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    _save_tiny_vit(weights, seed=1)
+    assert "starting over" not in embed(weights)
+    first = load_features(out).cls
+    parts = sorted((out / "parts").glob("part_*.npz"))
+
+    copy = tmp_path / "elsewhere.pth"
+    copy.write_bytes(weights.read_bytes())
+    assert "starting over" not in embed(copy)  # same tensors under another name: reused
+    assert sorted((out / "parts").glob("part_*.npz")) == parts
+
+    _save_tiny_vit(weights, seed=2)  # "retrained": other tensors, same path string
+    lines = [line for line in embed(weights).splitlines() if "starting over" in line]
+    assert len(lines) == 1 and "1 finished chunks" in lines[0] and "weights_sha256" in lines[0]
+    second = load_features(out).cls
+    assert not np.allclose(first, second)
+    embed(weights, tmp_path / "clean")
+    np.testing.assert_array_equal(load_features(tmp_path / "clean").cls, second)
+    assert len(list((out / "parts").glob("part_*.npz"))) == 1  # the stale chunk is gone

@@ -166,3 +166,69 @@ def test_features_file_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(MammodinoError):
         load_features(tmp_path / "features.npz")
     assert not marker.exists()
+
+
+def _embed_error(capsys, weights: Path, tmp_path: Path) -> str:
+    """`embed --weights WEIGHTS`: exit 1 with one line on stderr, and no output written."""
+    from mammodino.cli import main
+
+    feats = tmp_path / "feats"
+    argv = ["embed", "--weights", str(weights), "--input", str(tmp_path), "--output", str(feats),
+            "--no-progress"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not feats.exists()
+    return err
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(200)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("renamed.safetensors", PNG, "renamed.safetensors: not a safetensors file (it is a PNG image)"),
+        ("empty.safetensors", b"", "empty.safetensors: empty file, not a safetensors file"),
+        ("notes.pt", b"epoch 3 loss 0.41\n", "notes.pt: not a PyTorch checkpoint (it is text)"),
+        ("empty.pt", b"", "empty.pt: empty file, not a PyTorch checkpoint"),
+    ],
+)  # fmt: skip
+def test_embed_on_a_file_that_is_no_weights_is_one_line(tmp_path, capsys, name, content, expected):
+    weights = tmp_path / name
+    weights.write_bytes(content)
+    err = _embed_error(capsys, weights, tmp_path)
+    assert expected in err and "random:ARCH/PATCH" in err  # what is wrong, and what to give
+
+
+def test_embed_on_a_cache_folder_says_it_is_no_run(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "manifest.csv").write_text("id,image\n")
+    err = _embed_error(capsys, cache, tmp_path)
+    assert "not a run or export folder" in err and "manifest.csv: a prepared cache" in err
+    assert "model.safetensors: weights file not found" not in err  # no file the user never named
+
+
+def test_embed_on_a_missing_path(tmp_path, capsys):
+    err = _embed_error(capsys, tmp_path / "nowhere.pt", tmp_path)
+    assert "nowhere.pt: no such file or folder" in err
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_pickle_is_refused_without_a_torch_warning(tmp_path, capsys, recwarn, protocol):
+    """torch warns "Detected pickle protocol 4" before refusing: only our one line shows."""
+    marker = tmp_path / "PWNED"
+    weights = tmp_path / "evil.pt"
+    weights.write_bytes(pickle.dumps({"model": Exploit(marker)}, protocol=protocol))
+    err = _embed_error(capsys, weights, tmp_path)
+    assert "evil.pt: not a tensor-only checkpoint" in err and "could run code" in err
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    assert not marker.exists()
+
+
+def test_load_checkpoint_of_a_text_file(tmp_path):
+    path = tmp_path / "last.pt"
+    path.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointError, match="last.pt: not a PyTorch checkpoint \\(it is text\\)"):
+        load_checkpoint(path)

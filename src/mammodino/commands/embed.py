@@ -34,9 +34,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mammodino.errors import MammodinoError
+    from mammodino.io.weights import check_weights_source
+
+    # Arguments first, torch after: a wrong --weights or --input is one line at once.
+    check_weights_source(args.weights)
+    source = Path(args.input)
+    manifest = source if source.suffix == ".csv" else source / "manifest.csv"
+    if not manifest.is_file() and not source.is_dir():
+        raise MammodinoError(f"{source}: neither a prepared cache nor a folder of images")
+
     from rich.progress import Progress
 
-    from mammodino.errors import MammodinoError
     from mammodino.eval.embed import load_backbone
     from mammodino.eval.embed_run import (
         embed_rows,
@@ -47,19 +56,15 @@ def run(args: argparse.Namespace) -> int:
     )
 
     set_inference_threads()
-    source = Path(args.input)
-    manifest = source if source.suffix == ".csv" else source / "manifest.csv"
     if manifest.is_file():
         cache = manifest.parent
         rows = read_manifest_rows(manifest)
 
         def image_at(i: int):
             return load_cache_image(cache, rows[i])
-    elif source.is_dir():
+    else:
         rows, images = folder_rows(source, args.salt)
         image_at = images.__getitem__
-    else:
-        raise MammodinoError(f"{source}: neither a prepared cache nor a folder of images")
     backbone = load_backbone(args.weights, args.image_size, args.device)
     with Progress(disable=args.no_progress) as bar:
         task = bar.add_task("embed", total=len(rows))

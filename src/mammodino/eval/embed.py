@@ -9,8 +9,10 @@ token grid and the grid maps back to cache pixels by one scale factor.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from mammodino.errors import CheckpointError
+from mammodino.io.weights import EXPORT_MARKER, RUN_MARKER, check_weights_source
 from mammodino.models.vit import VisionTransformer, build_vit
 
 
@@ -41,6 +44,16 @@ class Backbone:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @cached_property
+    def weights_digest(self) -> str:
+        """sha256 of the loaded weights (names, dtypes, shapes, values): what the features depend on,
+        whatever path or spelling named them."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return digest.hexdigest()
 
     @property
     def grid_size(self) -> int:
@@ -97,25 +110,21 @@ def _resolve(path: str | Path, image_size: int | None) -> tuple[VisionTransforme
     spec = str(path)
     if spec.startswith("random:"):
         return _random_backbone(spec[len("random:") :], image_size)
+    check_weights_source(spec)  # one line for a missing, empty or foreign file or folder
     path = Path(spec)
-    if path.is_dir() and (path / "checkpoints").is_dir():
-        return _from_checkpoint(path / "checkpoints")
-    if path.is_dir() and (path / "architecture.json").is_file():
+    if path.is_dir() and (path / RUN_MARKER).is_dir():
+        return _from_checkpoint(path / RUN_MARKER)
+    if path.is_dir() and (path / EXPORT_MARKER).is_file():
         from mammodino.models.export import load_exported
 
         model, _ = load_exported(path)
         return model, int(model.img_size)
     if path.is_file() and path.suffix == ".pt" and path.name.startswith(("step_", "last")):
         return _from_checkpoint(path)
-    if path.exists():
-        from mammodino.models.convert import vit_from_weights
+    from mammodino.models.convert import vit_from_weights
 
-        model = vit_from_weights(path)
-        return model, int(model.img_size)
-    raise CheckpointError(
-        f"{spec}: not a run folder, checkpoint, export or weights file "
-        "(or give random:ARCH/PATCH for the random-init baseline)"
-    )
+    model = vit_from_weights(path)
+    return model, int(model.img_size)
 
 
 def load_backbone(

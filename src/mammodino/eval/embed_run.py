@@ -2,12 +2,15 @@
 
 Work is done in chunks; each finished chunk is written atomically under FEATS/parts/, so an
 interrupted run resumes at the first missing chunk and the result is identical to a clean run.
+Chunks are reused only when made from the same weights (sha256 of the loaded tensors, not the
+path that named them), image size and patch-grid setting; otherwise the run starts over.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from mammodino.eval.embed import Backbone
 from mammodino.eval.features import save_features
 
 PARTS = "parts"
+PARTS_KEY = "key.json"  # weights digest and settings the finished chunks were made with
 
 
 def read_manifest_rows(manifest: Path) -> list[dict[str, str]]:
@@ -77,8 +81,36 @@ def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
 
 def _chunk_tag(backbone: Backbone, ids: list[str], grid: bool) -> str:
     """Chunk files are named by what they hold, so a changed input never reuses a stale part."""
-    key = f"{backbone.source}|{backbone.image_size}|{grid}|{','.join(ids)}"
+    key = f"{backbone.weights_digest}|{backbone.image_size}|{grid}|{','.join(ids)}"
     return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _start_parts(parts: Path, backbone: Backbone, grid: bool) -> None:
+    """Keep finished chunks only if made with the same weights (by content) and settings.
+
+    Otherwise remove them, saying why in one line: features of a retrained run written to the
+    same FEATS folder must never mix with the old run's.
+    """
+    key = {
+        "weights_sha256": backbone.weights_digest,
+        "image_size": backbone.image_size,
+        "patch_grid": grid,
+    }
+    key_file = parts / PARTS_KEY
+    old_parts = sorted(parts.glob("part_*.npz"))
+    old = json.loads(key_file.read_text()) if key_file.is_file() else None
+    if old_parts and old != key:
+        if old is None:
+            why = "made by an earlier version without a weights digest"
+        else:
+            changed = [k for k in key if old.get(k) != key[k]]
+            why = ", ".join(f"{k} {str(old.get(k))[:12]} -> {str(key[k])[:12]}" for k in changed)
+        print(
+            f"embed: {len(old_parts)} finished chunks in {parts} do not fit ({why}): starting over"
+        )
+        for part in old_parts:
+            part.unlink()
+    key_file.write_text(json.dumps(key) + "\n")
 
 
 def embed_rows(
@@ -95,6 +127,7 @@ def embed_rows(
     """Embed `rows` (images from `image_at(i)`) into FEATS `output`; resumes from finished parts."""
     parts = output / PARTS
     parts.mkdir(parents=True, exist_ok=True)
+    _start_parts(parts, backbone, patch_grid)
     files = []
     for start, stop in _chunks(len(rows), chunk_size):
         ids = [rows[i]["id"] for i in range(start, stop)]

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mammodino.errors import CheckpointError
+from mammodino.io.weights import HF_WEIGHTS, load_safetensors_file, load_torch_file
 from mammodino.models.vit import (
     ARCHS,
     VisionTransformer,
@@ -76,20 +77,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
         # HF folders: safetensors, else the older pytorch_model.bin.
-        candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
-        path = next((c for c in candidates if c.is_file()), candidates[0])
+        found = [path / name for name in HF_WEIGHTS if (path / name).is_file()]
+        if not found:
+            raise CheckpointError(
+                f"{path}: no {' or '.join(HF_WEIGHTS)} in this folder (give a weights file or an "
+                "HF folder)"
+            )
+        path = found[0]
     if not path.is_file():
-        raise CheckpointError(f"{path.name}: weights file not found (give a file or an HF folder)")
+        raise CheckpointError(f"{path}: no such weights file (give a file or an HF folder)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "not a plain tensor file"
-        raise CheckpointError(
-            f"{path.name}: not a tensor-only checkpoint ({type(exc).__name__}); convert it to safetensors"
-        ) from None
+        return load_safetensors_file(path)
+    obj = load_torch_file(path)
     for key in ("teacher", "model", "state_dict"):  # common wrappers around the state dict
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mammodino.errors import CheckpointError
+from mammodino.io.weights import load_torch_file
 
 FORMAT = "mammodino-checkpoint"
 VERSION = 1
@@ -163,13 +164,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / LAST_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there (was the run started in this folder?)")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{path.name}: not a readable checkpoint ({first_line[:160]})"
-        ) from None
+    payload = load_torch_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name}: not a mammodino training checkpoint")
     if payload.get("version") != VERSION:
