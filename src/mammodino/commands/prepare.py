@@ -90,10 +90,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def progress(total: int):
+        bar.start()  # only once there is work: an error before it prints no empty bar
         task = bar.add_task("preparing", total=total)
         return lambda: bar.advance(task)
 
-    with bar:
+    try:
         result = run_prepare(
             args.src,
             out,
@@ -104,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             patient_rule=args.patient_rule,
             progress=progress,
         )
+    finally:
+        if bar.live.is_started:  # rich prints an empty line when stopping a bar never started
+            bar.stop()
     if salt is not None:
         cfg.data.salt = "<set, not written>"  # the salt would let anyone re-derive the ids
     cfg.save(out / "config.yaml")

@@ -11,8 +11,10 @@ embedded as base64 PNG: the file opens anywhere without other files. See docs/re
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 HELP = "one self-contained HTML report: curves, eval tables, ROC, crops, attention, PCA, heat maps"
+RUN_MARKERS = ("metrics.jsonl", "checkpoints/")  # what pretrain writes into every run folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +25,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="HTML file to write (default: RUN/report.html)")
 
 
+def check_run_folder(run: Path) -> None:
+    """Raise unless `run` is a folder `mammodino pretrain` wrote (metrics.jsonl or checkpoints/)."""
+    from mammodino.errors import MammodinoError
+
+    if not run.is_dir():
+        raise MammodinoError(f"{run}: no such folder; give the run folder of pretrain --output-dir")
+    if not any((run / name).exists() for name in RUN_MARKERS):
+        cache = (
+            " (it holds manifest.csv: a prepared cache)" if (run / "manifest.csv").is_file() else ""
+        )
+        raise MammodinoError(
+            f"{run}: not a pretraining run: no {' or '.join(RUN_MARKERS)} in it{cache}; "
+            "give the folder of pretrain --output-dir"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    check_run_folder(Path(args.run))  # before torch: a wrong folder is one line at once
 
     import torch
 

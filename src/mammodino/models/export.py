@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,16 @@ def _save(tensors: Mapping[str, torch.Tensor], path: Path, metadata: dict[str, s
 
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, metadata)
+    # safetensors creates its files 0600 whatever the umask; give the user's default mode, as
+    # every other output file (and config.json next to it) has.
+    os.chmod(path, default_file_mode())
+
+
+def default_file_mode() -> int:
+    """The mode a new file gets from open(): 0666 less the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)  # reading the umask means setting it: put it back at once
+    return 0o666 & ~umask
 
 
 def _layerscale(backbone: VisionTransformer, block: nn.Module, name: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ import io
 import json
 import multiprocessing
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -80,6 +81,27 @@ def find_sources(src: str | Path) -> list[tuple[str, str]]:
             path = Path(root) / name
             found.append((str(path.resolve()), path.relative_to(src).as_posix()))
     return found
+
+
+def no_sources_message(src: Path) -> str:
+    """Why SRC gave nothing to prepare: the suffixes taken and the files ignored, by suffix."""
+    if src.is_file():
+        return f"{src}: the CSV lists no files; give a `path` column of image files"
+    ignored = Counter(
+        Path(name).suffix.lower()
+        for root, dirs, files in os.walk(src)
+        if not any(part.startswith(".") for part in Path(root).relative_to(src).parts)
+        for name in files
+        if not name.startswith(".")
+    )
+    taken = " ".join(sorted(s for s in IMAGE_SUFFIXES if s)) + " or no suffix (DICOM)"
+    shown = ", ".join(f"{n} {suffix}" for suffix, n in ignored.most_common(5))
+    more = f" (+{len(ignored) - 5} more suffixes)" if len(ignored) > 5 else ""
+    found = f"{sum(ignored.values())} files with other suffixes ignored: {shown}{more}"
+    return (
+        f"{src}: no image files found ({found if ignored else 'the folder holds no files'}); "
+        f"prepare takes {taken}"
+    )
 
 
 def _sources_from_csv(list_path: Path) -> list[tuple[str, str]]:
@@ -191,6 +213,9 @@ def run_prepare(
 ) -> PrepareResult:
     """Prepare every file of SRC into OUT; `progress(total)` returns a per-file callback."""
     settings = settings or PrepareSettings()
+    sources = find_sources(src)
+    if not sources:
+        raise ConfigError(no_sources_message(Path(src)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings, salt)
@@ -198,7 +223,7 @@ def run_prepare(
     patients = patients or {}
     tasks = [
         SourceTask(path, source, str(out), settings, salt, patients.get(source, ""), patient_rule)
-        for path, source in find_sources(src)
+        for path, source in sources
     ]
     todo = [t for t in tasks if not _finished(t)]
     advance = progress(len(todo)) if progress else (lambda: None)
