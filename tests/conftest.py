@@ -25,6 +25,7 @@ TINY_TRAIN = [
     "heads.dino_bottleneck_dim=16",
     "data.num_workers=0",
     "train.log_every=1",
+    "train.precision=fp32",  # the same numbers on every CPU (auto is bf16 where it is native)
 ]
 
 

@@ -101,7 +101,7 @@ def test_pretrain_prints_and_writes_the_resolved_precision(
     cache, run = write_cache(tmp_path / "cache"), tmp_path / "run"
     argv = ["pretrain", "--output-dir", str(run), "--no-progress", "--config", "tiny-cpu",
             f"data.source={cache}", *TINY, "optim.max_steps=1", "monitor.every=0",
-            "train.device=cpu"]  # fmt: skip
+            "train.device=cpu", "train.precision=auto"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     why = "CPU with avx512_bf16" if expected == "bf16" else "CPU without native bf16"
