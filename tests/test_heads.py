@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mammodino.models.heads import DINOHead, NormalizedLinear, ProjectionHead
+from mammodino.models.heads import (
+    BatchStatNorm,
+    DINOHead,
+    NormalizedLinear,
+    ProjectionHead,
+    dino_head_from_state_dict,
+)
 
 
 def test_dino_head_has_dinov2_parameter_names():
@@ -65,3 +71,48 @@ def test_projection_head_shape():
     head = ProjectionHead(32, out_dim=8, hidden_dim=16)
     assert head(torch.randn(5, 32)).shape == (5, 8)
     assert set(head.state_dict()) == {"mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"}
+
+
+def test_batch_stat_norm_standardises_over_the_batch_in_eval_mode_too():
+    torch.manual_seed(0)
+    norm = BatchStatNorm(8).eval()  # the teacher runs in eval mode: still batch statistics
+    x = 5.0 + 0.1 * torch.randn(4, 6, 8)  # a shared offset with small per-row differences
+    y = norm(x).reshape(-1, 8)
+    assert torch.allclose(y.mean(dim=0), torch.zeros(8), atol=1e-4)
+    assert torch.allclose(y.var(dim=0, unbiased=False), torch.ones(8), atol=1e-2)
+    with torch.no_grad():
+        norm.weight.fill_(2.0)
+        norm.bias.fill_(0.5)
+    one = torch.full((1, 8), 3.0)  # one row: no statistics, only the affine map
+    assert torch.allclose(norm(one), torch.full((1, 8), 6.5))
+    assert not list(norm.buffers())  # nothing for an EMA teacher to miss
+
+
+def test_batch_norm_head_separates_nearly_equal_inputs_and_round_trips():
+    torch.manual_seed(0)
+    base = torch.randn(1, 32)
+    x = base + 0.01 * torch.randn(16, 32)  # cosine ~0.9999 between rows, as a fresh ViT's CLS
+
+    def mean_cosine(head: DINOHead) -> float:
+        z = F.normalize(head.mlp(x), dim=-1)
+        sim = z @ z.t()
+        return float((sim.sum() - sim.diag().sum()) / (16 * 15))
+
+    plain = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16)
+    with_norm = DINOHead(32, out_dim=64, hidden_dim=64, bottleneck_dim=16, batch_norm=True)
+    assert mean_cosine(plain) > 0.99
+    assert mean_cosine(with_norm) < 0.5
+    assert set(with_norm.state_dict()) >= {"mlp.0.weight", "mlp.1.weight", "mlp.3.weight"}
+    rebuilt = dino_head_from_state_dict(with_norm.state_dict())
+    assert rebuilt.config == with_norm.config
+    assert torch.equal(rebuilt(x), with_norm(x))
+
+
+def test_batch_norm_groups_get_statistics_of_their_own():
+    torch.manual_seed(0)
+    head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, batch_norm=True)
+    cls, tokens = torch.randn(6, 16), 3.0 + torch.randn(20, 16)
+    both = head(torch.cat([cls, tokens]), groups=(6, 20))
+    assert torch.allclose(both[:6], head(cls), atol=1e-5)
+    assert torch.allclose(both[6:], head(tokens), atol=1e-5)
+    assert not torch.allclose(head(torch.cat([cls, tokens]))[:6], head(cls), atol=1e-3)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mammodino.train.meta_arch import normalised_entropy
+from mammodino.train.health import normalised_entropy
 
 
 def test_uniform_rows_give_one_and_one_hot_rows_give_zero():

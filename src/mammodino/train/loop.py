@@ -40,6 +40,7 @@ from mammodino.train.checkpoint import (
 )
 from mammodino.train.ema import ema_update
 from mammodino.train.hardware import resolve_hardware_defaults
+from mammodino.train.health import HealthDetector
 from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
 from mammodino.train.monitor import KNNMonitor
@@ -135,6 +136,7 @@ class Trainer:
         cfg.save(self.out / "config.yaml")
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.step if resume else None)
         self.monitor = KNNMonitor.from_config(cfg)
+        self.health = HealthDetector.from_config(cfg)
 
     def run(self) -> dict[str, Any]:
         """Train until the schedule ends, `optim.max_steps` or `optim.max_minutes`; returns the last
@@ -160,7 +162,7 @@ class Trainer:
                 last = self.step == self.stop_step or timed_out
                 extra = self._probe() if self._probe_due(last) else {}
                 if (log_every and self.step % log_every == 0) or last or extra:
-                    record, window = self._log(values, window, extra), []
+                    record, window = self._log(values, window, extra, bar), []
                 bar.update(self.step, result.losses.get("loss"))
                 if ckpt_every and self.step % ckpt_every == 0 and not last:
                     self.save()
@@ -380,13 +382,18 @@ class Trainer:
             )
 
     def _log(
-        self, values: dict[str, float], window: list, extra: dict[str, float]
+        self,
+        values: dict[str, float],
+        window: list,
+        extra: dict[str, float],
+        bar: ProgressDisplay | None = None,
     ) -> dict[str, Any]:
         good = [r for r, _ in window if not r.skipped]
         record: dict[str, Any] = {"step": self.step}
         if good:
             record.update({k: float(np.mean([r.losses[k] for r in good])) for k in good[0].losses})
             record["grad_norm"] = float(np.mean([r.grad_norm for r in good]))
+            record["dino/prototypes_used_window"] = self.model.pop_prototypes_seen()
         seconds = sum(s for _, s in window)
         record.update(
             lr=values["lr"],
@@ -398,6 +405,11 @@ class Trainer:
             **extra,
         )
         self.metrics.write(record)
+        for kind, message in self.health.update(record):
+            # One line now, and a record the report shows in red (docs/pretrain.md).
+            self.metrics.write({"step": self.step, "warning": kind, "message": message})
+            if bar is not None:
+                bar.warn(message)
         return record
 
 

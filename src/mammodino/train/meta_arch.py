@@ -17,7 +17,6 @@ sums the gradients of micro-batch losses; it is not the loss of one big batch.
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,12 @@ from torch import nn
 from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
 from mammodino.models.vit import build_vit
+from mammodino.train.health import (
+    cls_spread,
+    normalised_entropy,
+    prototypes_used,
+    student_teacher_agreement,
+)
 from mammodino.train.slice_objective import SliceObjective
 
 
@@ -45,17 +50,6 @@ def build_backbone(cfg: Any) -> nn.Module:
     )
 
 
-@torch.no_grad()
-def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Mean row entropy of probabilities [n, K] divided by ln K: 1 = uniform, 0 = one-hot."""
-    if probs.numel() == 0 or probs.shape[-1] < 2:
-        return probs.new_zeros((), dtype=torch.float32)
-    p = probs.float()
-    entropy = -(p * p.clamp_min(1e-30).log()).sum(dim=-1).mean()
-    # Rounding can put a uniform row a hair above ln K.
-    return (entropy / math.log(p.shape[-1])).clamp(0.0, 1.0)
-
-
 class MammoDINO(nn.Module):
     """Student, teacher, their heads, the losses and the centering state of one run."""
 
@@ -67,6 +61,7 @@ class MammoDINO(nn.Module):
             "hidden_dim": int(heads["dino_hidden_dim"]),
             "bottleneck_dim": int(heads["dino_bottleneck_dim"]),
             "nlayers": int(heads["dino_nlayers"]),
+            "batch_norm": bool(heads["dino_batch_norm"]),
         }
         student = {
             "backbone": backbone,
@@ -106,6 +101,8 @@ class MammoDINO(nn.Module):
         self.dino_loss = DINOLoss(float(dino["student_temp"]))
         self.ibot_loss = IBOTPatchLoss(float(dino["student_temp"]))
         self.koleo_loss = KoLeoLoss()
+        # Teacher argmax prototypes since the last log line (dino/prototypes_used_window).
+        self.prototypes_seen: set[int] = set()
 
     @property
     def depth(self) -> int:
@@ -135,7 +132,10 @@ class MammoDINO(nn.Module):
         """(CLS logits, masked-token logits); one head call on both when the head is shared."""
         if separate:
             return parts["dino_head"](cls), parts["ibot_head"](masked)
-        logits = parts["dino_head"](torch.cat([cls, masked]))
+        # With a batch-norm head, CLS rows are standardised among CLS rows, not drowned in the far
+        # more numerous masked tokens; still one call, as DDP wants.
+        groups = (cls.shape[0], masked.shape[0])
+        logits = parts["dino_head"](torch.cat([cls, masked]), groups)
         return logits[: cls.shape[0]], logits[cls.shape[0] :]
 
     @torch.no_grad()
@@ -153,7 +153,7 @@ class MammoDINO(nn.Module):
         return {
             "dino_probs": dino_probs,
             "ibot_probs": ibot_probs,
-            "dino_entropy": normalised_entropy(dino_probs),
+            "cls": out["x_norm_clstoken"],
         }
 
     def get_student_output(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -198,10 +198,33 @@ class MammoDINO(nn.Module):
     def forward(self, batch: dict[str, Any], teacher_temp: float) -> dict[str, torch.Tensor]:
         """The losses of one micro-batch (teacher output, student output, loss computation).
 
-        Also `dino/teacher_entropy`: the mean entropy of the teacher's DINO targets over ln K.
-        Near 1 the targets are uniform and carry no signal (the plateau of docs/pretrain.md).
+        Also the learning-health signals of train/health.py (`dino/teacher_entropy`,
+        `dino/prototypes_used`, `dino/agreement`, `cls/std`, `cls/effective_rank`): near-uniform
+        targets or collapsed embeddings are the plateau of docs/pretrain.md.
         """
         teacher = self.get_teacher_output(batch, teacher_temp)
         student = self.get_student_output(batch)
         losses = self.compute_losses(student, teacher, batch)
-        return {**losses, "dino/teacher_entropy": teacher["dino_entropy"]}
+        return {**losses, **self.health(student, teacher, int(batch["n_global"]))}
+
+    def pop_prototypes_seen(self) -> int:
+        """Distinct teacher argmax prototypes since the last call (the loop calls it per log)."""
+        seen, self.prototypes_seen = self.prototypes_seen, set()
+        return len(seen)
+
+    @torch.no_grad()
+    def health(
+        self, student: dict[str, Any], teacher: dict[str, Any], n_global: int
+    ) -> dict[str, torch.Tensor]:
+        """Learning-health signals of one micro-batch (train/health.py)."""
+        probs = teacher["dino_probs"]
+        self.prototypes_seen.update(probs.argmax(dim=-1).tolist())
+        agreement = student_teacher_agreement(
+            probs, student["global_logits"], n_global, student["local_logits"]
+        )
+        return {
+            "dino/teacher_entropy": normalised_entropy(probs),
+            "dino/prototypes_used": prototypes_used(probs),
+            "dino/agreement": agreement,
+            **cls_spread(teacher["cls"]),
+        }

@@ -1,0 +1,162 @@
+"""Learning-health signals of a pretraining step and the plateau/collapse detector.
+
+DINO-style runs fail quietly: the teacher's targets turn uniform (the DINO loss sits at ln K and
+teaches nothing) or every image maps to the same embedding (collapse), while the loss curve looks
+flat and calm. These signals make both visible in metrics.jsonl and the report (docs/pretrain.md,
+"Learning health"); `HealthDetector` turns them into one warning line with what to try.
+
+Signals of one micro-batch, all cheap (an argmax over K and one SVD of a [rows, D] matrix):
+- `dino/teacher_entropy`: mean entropy of the teacher's DINO targets / ln K (1 = uniform).
+- `dino/prototypes_used`: distinct teacher argmax prototypes among the batch's global crops.
+- `dino/agreement`: share of (student crop, teacher crop of another view) pairs whose argmax match.
+- `cls/std`: std across the batch of the teacher's L2-normalised CLS, averaged over dimensions.
+- `cls/effective_rank`: effective rank (Roy & Vetterli 2007: exp of the entropy of the normalised
+  singular values) of the batch's centred, L2-normalised teacher CLS embeddings; 1 = collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean row entropy of probabilities [n, K] divided by ln K: 1 = uniform, 0 = one-hot."""
+    if probs.numel() == 0 or probs.shape[-1] < 2:
+        return probs.new_zeros((), dtype=torch.float32)
+    p = probs.float()
+    entropy = -(p * p.clamp_min(1e-30).log()).sum(dim=-1).mean()
+    # Rounding can put a uniform row a hair above ln K.
+    return (entropy / math.log(p.shape[-1])).clamp(0.0, 1.0)
+
+
+@torch.no_grad()
+def prototypes_used(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Number of distinct argmax prototypes over the rows of [n, K] (0 for no rows)."""
+    if teacher_probs.numel() == 0:
+        return torch.zeros((), dtype=torch.float32)
+    return torch.unique(teacher_probs.argmax(dim=-1)).numel() * torch.ones((), dtype=torch.float32)
+
+
+@torch.no_grad()
+def student_teacher_agreement(
+    teacher_probs: torch.Tensor,
+    student_global_logits: torch.Tensor,
+    n_global: int,
+    student_local_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Share of the DINO loss's (student crop, teacher crop) pairs whose argmax prototypes match.
+
+    Pairs as in DINOLoss: each global crop against the other global crops' targets, each local
+    crop against every global crop's target. Rows are crop-major ([c*B:(c+1)*B] is crop c).
+    """
+    batch = teacher_probs.shape[0] // n_global
+    teacher = teacher_probs.argmax(dim=-1).reshape(n_global, batch)
+    matches, pairs = 0.0, 0
+    student_global = student_global_logits.argmax(dim=-1).reshape(n_global, batch)
+    for i in range(n_global):
+        for j in range(n_global):
+            if i != j:
+                matches += float((student_global[i] == teacher[j]).float().sum())
+                pairs += batch
+    if student_local_logits is not None and student_local_logits.numel():
+        local = student_local_logits.argmax(dim=-1).reshape(-1, batch)
+        for j in range(n_global):
+            matches += float((local == teacher[j]).float().sum())
+            pairs += local.numel()
+    return torch.tensor(matches / pairs if pairs else 0.0)
+
+
+@torch.no_grad()
+def cls_spread(cls: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`cls/std` and `cls/effective_rank` of embeddings [n, D] (see the module docstring)."""
+    if cls.shape[0] < 2:
+        zero = torch.zeros((), dtype=torch.float32)
+        return {"cls/std": zero, "cls/effective_rank": zero + 1.0}
+    x = F.normalize(cls.float(), dim=-1)
+    std = x.std(dim=0).mean()
+    centred = x - x.mean(dim=0, keepdim=True)
+    singular = torch.linalg.svdvals(centred)
+    total = singular.sum()
+    # Rows are unit vectors: spread below 1e-4 is rounding of equal rows, a single point.
+    if float(singular.max()) <= 1e-4:
+        return {"cls/std": std, "cls/effective_rank": torch.ones((), dtype=torch.float32)}
+    p = singular / total
+    entropy = -(p * p.clamp_min(1e-30).log()).sum()
+    return {"cls/std": std, "cls/effective_rank": entropy.exp()}
+
+
+@dataclass
+class HealthDetector:
+    """Watches logged records; returns one warning when the run sits on a plateau or collapses.
+
+    Plateau: `loss/dino` within `tolerance` (relative) of ln K for `patience` logged records in a
+    row. Collapse: `cls/effective_rank` below `min_effective_rank` for `patience` records. Each
+    warns once per episode: leaving the state re-arms it. Its state is the current streak only, so
+    a resumed run starts counting afresh.
+    """
+
+    n_prototypes: int
+    tolerance: float = 0.01
+    min_effective_rank: float = 1.5
+    patience: int = 20
+
+    @classmethod
+    def from_config(cls, cfg) -> HealthDetector:
+        """The detector of config section `health` for the run's DINO head."""
+        section = cfg["health"]
+        return cls(
+            n_prototypes=int(cfg["heads"]["dino_out_dim"]),
+            tolerance=float(section["plateau_tolerance"]),
+            min_effective_rank=float(section["min_effective_rank"]),
+            patience=int(section["patience"]),
+        )
+
+    def __post_init__(self) -> None:
+        self.streaks = {"plateau": 0, "collapse": 0}
+        self.warned = {"plateau": False, "collapse": False}
+
+    def update(self, record: dict) -> list[tuple[str, str]]:
+        """(kind, message) of each warning this record triggers; usually none."""
+        ln_k = math.log(self.n_prototypes)
+        states = {
+            "plateau": "loss/dino" in record
+            and abs(record["loss/dino"] - ln_k) <= self.tolerance * ln_k,
+            "collapse": "cls/effective_rank" in record
+            and record["cls/effective_rank"] < self.min_effective_rank,
+        }
+        fired = []
+        for kind, active in states.items():
+            if "loss/dino" not in record and "cls/effective_rank" not in record:
+                continue  # a monitor-only or skipped-step record says nothing either way
+            self.streaks[kind] = self.streaks[kind] + 1 if active else 0
+            if not active:
+                self.warned[kind] = False
+            elif self.streaks[kind] >= self.patience and not self.warned[kind]:
+                self.warned[kind] = True
+                fired.append((kind, self._message(kind, record, ln_k)))
+        return fired
+
+    def _message(self, kind: str, record: dict, ln_k: float) -> str:
+        step = record.get("step", "?")
+        if kind == "plateau":
+            return (
+                f"step {step}: loss/dino has stayed within {self.tolerance:.0%} of ln K = {ln_k:.3f} "
+                f"for {self.patience} logged steps (teacher entropy "
+                f"{record.get('dino/teacher_entropy', float('nan')):.2f}): the teacher's targets "
+                "are uniform and the DINO loss teaches nothing. Try fewer prototypes "
+                "(heads.dino_out_dim=heads.ibot_out_dim=1024 or fewer), a sharper teacher "
+                "(teacher.temp=teacher.warmup_temp=0.04), a faster teacher (teacher.momentum=0.95)"
+                " or a larger batch; see docs/pretrain.md, 'Learning health'"
+            )
+        return (
+            f"step {step}: the teacher's CLS embeddings have collapsed (effective rank "
+            f"{record.get('cls/effective_rank', float('nan')):.2f} < {self.min_effective_rank} for "
+            f"{self.patience} logged steps): every image maps to nearly the same feature. Try a "
+            "lower lr (optim.base_lr), a larger dino.koleo_loss_weight (0.1 -> 0.3) or "
+            "dino.centering=sinkhorn_knopp; see docs/pretrain.md, 'Learning health'"
+        )
