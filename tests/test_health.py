@@ -38,9 +38,7 @@ def test_agreement_counts_cross_view_pairs_like_the_dino_loss():
     teacher = torch.nn.functional.one_hot(teacher_ids.flatten(), K).float()
     # Student global crop 0 against teacher crop 1: matches at b = 0, 1, 2 (3 of 4);
     # student global crop 1 against teacher crop 0: matches at b = 0 only (1 of 4).
-    student_global = torch.nn.functional.one_hot(
-        torch.tensor([0, 1, 2, 9, 0, 8, 8, 8]), K
-    ).float()
+    student_global = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 9, 0, 8, 8, 8]), K).float()
     # One local crop: against teacher crop 0 matches b = 0, 1, 2, 3; against crop 1 b = 0, 1, 2.
     student_local = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3]), K).float()
     global_only = student_teacher_agreement(teacher, student_global, n_global)

@@ -256,3 +256,26 @@ def test_chance_levels_per_metric():
     assert chance_level("auprc", [30, 10]) == pytest.approx(0.25)
     assert chance_level("kappa_quadratic", [1, 1, 1]) == 0.0
     assert chance_level("macro_f1", [1, 1]) is None
+
+
+def test_report_shows_learning_health_warnings_in_red(tmp_path):
+    from mammodino.report.build import build_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [
+        {"step": 10, "loss": 9.0, "loss/dino": 8.31, "lr": 0.1, "dino/teacher_entropy": 0.998,
+         "dino/prototypes_used": 3.0, "dino/agreement": 0.0, "cls/effective_rank": 4.5},
+        {"step": 10, "warning": "plateau", "message": "step 10: loss/dino has stayed near ln K"},
+    ]  # fmt: skip
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    text = build_report(run).read_text()
+    assert '<p class="warn">Learning health: step 10: loss/dino has stayed near ln K</p>' in text
+    assert "teacher entropy / ln K (1 = uniform targets, no signal) 0.998" in text
+    assert "effective rank of the teacher&#x27;s CLS (1 = collapse) 4.50" in text or (
+        "effective rank of the teacher's CLS (1 = collapse) 4.50" in text
+    )
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    (healthy / "metrics.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert "Learning health: step" not in build_report(healthy).read_text()

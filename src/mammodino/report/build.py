@@ -119,10 +119,40 @@ def _section_training(run: Path, runs: Sequence[RunFacts]) -> str:
     )
     return (
         _short_run_warning(runs)
+        + _health_warnings(records)
         + _runs_table(runs)
         + f'<p class="note">Last logged step of {H.esc(run.name)}: {H.esc(facts)}.</p>'
+        + _health_note(last)
         + H.image(figures.training_curves(records), "training curves")
     )
+
+
+def _health_warnings(records: Sequence[dict]) -> str:
+    """The plateau / collapse warnings `pretrain` printed, in red ('' when none)."""
+    lines = [
+        f'<p class="warn">Learning health: {H.esc(str(r.get("message", r["warning"])))}</p>'
+        for r in records
+        if "warning" in r
+    ]
+    return "".join(lines)
+
+
+def _health_note(last: dict) -> str:
+    """The learning-health signals of the last logged step, explained (docs/pretrain.md)."""
+    signals = [
+        (
+            "dino/teacher_entropy",
+            "teacher entropy / ln K (1 = uniform targets, no signal)",
+            "{:.3f}",
+        ),
+        ("dino/prototypes_used", "prototypes in use per step", "{:.0f}"),
+        ("dino/agreement", "student-teacher argmax agreement", "{:.3f}"),
+        ("cls/effective_rank", "effective rank of the teacher's CLS (1 = collapse)", "{:.2f}"),
+    ]
+    shown = [f"{text} {fmt.format(last[k])}" for k, text, fmt in signals if k in last]
+    if not shown:
+        return ""
+    return f'<p class="note">Learning health at that step: {H.esc("; ".join(shown))}.</p>'
 
 
 def _classes_text(data: dict) -> str:

@@ -31,6 +31,9 @@ def training_curves(records: Sequence[Mapping]) -> bytes:
     rows = [r for r in records if "step" in r and not r.get("skipped")]
     loss_keys = sorted({k for r in rows for k in r if k == "loss" or k.startswith("loss/")})
     panels = [("losses", loss_keys), ("learning rate", ["lr"])]
+    health = [k for k in ("dino/teacher_entropy", "dino/agreement") if any(k in r for r in rows)]
+    if health:  # both in [0, 1]: uniform targets near 1, no agreement near 0
+        panels.append(("learning health", health))
     monitor = sorted({k for r in rows for k in r if k.startswith("monitor/")})
     if monitor:
         panels.append(("kNN monitor (teacher)", monitor))
@@ -44,7 +47,7 @@ def training_curves(records: Sequence[Mapping]) -> bytes:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1 or title.startswith("kNN"):
+        if len(keys) > 1 or title.startswith(("kNN", "learning")):
             ax.legend(fontsize=8)
     return to_png(fig)
 
