@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
     import time
     from pathlib import Path
 
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps,
         precision=args.precision,
         seed=args.seed,
-        progress=not args.no_progress,
+        # Bars only on a terminal: in a log file a transient bar leaves an empty line.
+        progress=not args.no_progress and sys.stderr.isatty(),
     )
     demo = run_demo(
         Path(args.output), settings, log=lambda m: console.print(m, markup=False, highlight=False)
