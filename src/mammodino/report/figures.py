@@ -47,7 +47,7 @@ def training_curves(records: Sequence[Mapping]) -> bytes:
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-        if len(keys) > 1 or title.startswith(("kNN", "learning")):
+        if ax.lines and (len(keys) > 1 or title.startswith(("kNN", "learning"))):
             ax.legend(fontsize=8)
     return to_png(fig)
 
