@@ -4,8 +4,12 @@ density (issue 13, acceptance 5). Fails if the plateau comes back.
 Phantom mammograms with known density classes (A-D, glandular fraction), ViT-Tiny/8 at 32 px,
 tiny-cpu's small-data regime (batch-statistics head, EMA centering, views that share what they
 show, mild intensity jitter), 400 steps of 16 with fixed seeds. The frozen teacher's kNN density
-accuracy (the online monitor: whole images, neighbours from other patients only) must rise at
-least 0.15 above its step-0 value and loss/dino must end at least 0.5 below ln K.
+accuracy (the online monitor: whole images, neighbours from other patients only; mean of the
+probes at steps 300, 350 and 400) must rise at least 0.15 above its step-0 value and loss/dino
+must end at least 0.5 below ln K. Measured when written: kNN 0.241 -> 0.401 (0.406, 0.406,
+0.392), loss/dino 1.39-1.75 (ln K = 4.16). The margin is small and seed-dependent (phantom seed 3:
+0.359 -> 0.323), so a failure here means "look at the learning-health signals", not a flake to
+retry.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
             f"monitor.labels={src / 'labels.csv'}",
             "monitor.label_column=density",
             "monitor.image_size=32",
-            f"monitor.every={STEPS}",
+            "monitor.every=50",
             "monitor.k=5",
         ],
     )
@@ -65,7 +69,8 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
     knn = {r["step"]: r["monitor/knn_acc"] for r in records if "monitor/knn_acc" in r}
     dino = [r["loss/dino"] for r in records if "loss/dino" in r]
     ln_k = math.log(N_PROTOTYPES)
-    # The last 100 steps, not one noisy logged value.
+    # The last 100 steps and the last three probes (300, 350, 400), not one noisy value each.
     assert float(np.mean(dino[-5:])) <= ln_k - 0.5, (dino, ln_k)
-    assert knn[STEPS] >= knn[0] + 0.15, knn
+    late = float(np.mean([knn[s] for s in (STEPS - 100, STEPS - 50, STEPS)]))
+    assert late >= knn[0] + 0.15, knn
     assert not any("warning" in r for r in records), "the plateau/collapse detector fired"
