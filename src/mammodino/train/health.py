@@ -39,7 +39,7 @@ def prototypes_used(teacher_probs: torch.Tensor) -> torch.Tensor:
     """Number of distinct argmax prototypes over the rows of [n, K] (0 for no rows)."""
     if teacher_probs.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
-    return torch.unique(teacher_probs.argmax(dim=-1)).numel() * torch.ones((), dtype=torch.float32)
+    return torch.tensor(float(torch.unique(teacher_probs.argmax(dim=-1)).numel()))
 
 
 @torch.no_grad()
