@@ -86,7 +86,7 @@ def test_detector_fires_once_on_a_constructed_plateau():
     kinds = [[kind for kind, _ in f] for f in fired]
     assert kinds == [[], [], [], [], ["plateau"], [], [], []]
     message = fired[4][0][1]
-    assert "step 50" in message and "8.318" in message and "heads.dino_out_dim" in message
+    assert "step 50" in message and "8.318" in message and "heads.dino_batch_norm" in message
 
 
 def test_detector_silent_on_a_healthy_run_and_rearms_after_leaving():

@@ -148,10 +148,11 @@ class HealthDetector:
                 f"step {step}: loss/dino has stayed within {self.tolerance:.0%} of ln K = {ln_k:.3f} "
                 f"for {self.patience} logged steps (teacher entropy "
                 f"{record.get('dino/teacher_entropy', float('nan')):.2f}): the teacher's targets "
-                "are uniform and the DINO loss teaches nothing. Try fewer prototypes "
-                "(heads.dino_out_dim=heads.ibot_out_dim=1024 or fewer), a sharper teacher "
-                "(teacher.temp=teacher.warmup_temp=0.04), a faster teacher (teacher.momentum=0.95)"
-                " or a larger batch; see docs/pretrain.md, 'Learning health'"
+                "are uniform and the DINO loss teaches nothing. What left it on small data: "
+                "heads.dino_batch_norm=true, dino.centering=centering (batches under a few "
+                "hundred), views that share more (crops.n_local=2 'crops.global_scale=[0.5,1.0]')"
+                " and milder intensity jitter, as the tiny-cpu preset sets them; see "
+                "docs/pretrain.md, 'Learning health'"
             )
         return (
             f"step {step}: the teacher's CLS embeddings have collapsed (effective rank "
