@@ -55,6 +55,9 @@ from torch import nn
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
 
+# benchmarks/ is on sys.path when this file runs as a script: one synthetic batch for both steps.
+from train_step import synthetic_batch
+
 INSTALL = (
     "lightly, timm and torchvision are needed (a separate venv, see docs/peers.md): "
     "python3 -m venv /tmp/peer-venv && /tmp/peer-venv/bin/pip install torch==2.14.1 "
@@ -396,29 +399,6 @@ def loader_batches(cfg: Any):
         generator=torch.Generator().manual_seed(seed),
     )
     return iter(loader)
-
-
-def synthetic_batch(cfg: Any, seed: int) -> dict[str, Any]:
-    """A collated batch of the config's shapes (random pixels, DINOv2-like random masks)."""
-    gen = torch.Generator().manual_seed(seed)
-    crops, masking, p = cfg.crops, cfg.masking, int(cfg.model.patch_size)
-    g, loc = int(crops.global_size), int(crops.local_size)
-    n_tokens = (g // p) ** 2
-    samples = []
-    for index in range(int(cfg.data.batch_size)):
-        masks = torch.zeros(crops.n_global, n_tokens, dtype=torch.bool)
-        for crop in range(crops.n_global):
-            if torch.rand((), generator=gen) < masking.probability:
-                ratio = float(torch.empty(()).uniform_(*masking.ratio, generator=gen))
-                masks[crop, torch.randperm(n_tokens, generator=gen)[: int(ratio * n_tokens)]] = True
-        samples.append({
-            "global_crops": torch.rand(crops.n_global, 1, g, g, generator=gen),
-            "local_crops": torch.rand(crops.n_local, 1, loc, loc, generator=gen),
-            "global_patch_tissue": torch.ones(crops.n_global, g // p, g // p),
-            "masks": masks,
-            "index": index,
-        })  # fmt: skip
-    return collate_pretrain(samples)
 
 
 def save_teacher(step: LightlyStep, path: Path, cfg: Any) -> None:
