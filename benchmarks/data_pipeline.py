@@ -31,8 +31,9 @@ import torch
 
 from mammodino.config import load_config
 from mammodino.data.augment import augment_intensity, draw_vflip, vflip
-from mammodino.data.dataset import PretrainDataset, build_pretrain_dataset, read_pixels
-from mammodino.data.sampler import ResumableSampler, split_key
+from mammodino.data.dataset import build_pretrain_dataset
+from mammodino.data.image_dataset import PretrainDataset, read_cached_pixels
+from mammodino.data.resumable_sampler import ResumableSampler, split_key
 from mammodino.data.tissue_crops import (
     SAMPLERS,
     random_resized_crop_box,
@@ -57,7 +58,7 @@ class PlainPipeline:
     def load(self, index: int) -> tuple[np.ndarray, float]:
         if self.cache is not None and index in self.cache:
             return self.cache[index]
-        entry = read_pixels(self.records[index].image)
+        entry = read_cached_pixels(self.records[index].image)
         if self.cache is not None:
             self.cache[index] = entry
         return entry

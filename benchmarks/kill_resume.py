@@ -25,57 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
-TINY = {
-    "model": {"arch": "vit_tiny", "patch_size": 8, "num_register_tokens": 1, "drop_path_rate": 0.1},
-    "crops": {"global_size": 32, "local_size": 16, "n_local": 2},
-    "masking": {"probability": 1.0, "min_tissue_patches": 2},
-    "heads": {"dino_out_dim": 64, "ibot_out_dim": 64, "dino_hidden_dim": 32,
-              "dino_bottleneck_dim": 16},
-    "data": {"batch_size": 3, "num_workers": 0},
-    "optim": {"epochs": 10, "steps_per_epoch": 3, "warmup_epochs": 1, "base_lr": 0.05},
-    "teacher": {"warmup_temp_epochs": 1},
-    "train": {"log_every": 1, "checkpoint_every": 1, "deterministic": True, "precision": "fp32",
-              "device": "cpu", "malloc_tunables": False, "keep_checkpoints": 2},
-}  # fmt: skip
-
-
-def write_cache(folder: Path, count: int = 8) -> Path:
-    """A prepared cache: uint16 images, 0/255 masks and manifest.csv (synthetic, no PHI)."""
-    import cv2
-
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    (folder / "masks").mkdir(exist_ok=True)
-    rows = []
-    for i in range(count):
-        rng = np.random.default_rng(i)
-        h, w = 48 + 4 * (i % 3), 40
-        r, c = np.mgrid[:h, :w]
-        mask = ((r - h / 2) ** 2 + c**2) < (0.45 * h) ** 2
-        level = 15000 if i % 2 else 40000
-        image = np.where(mask, level + rng.integers(0, 8000, (h, w)), 300).astype(np.uint16)
-        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
-        cv2.imwrite(str(folder / "masks" / f"im{i}.png"), (mask * 255).astype(np.uint8))
-        rows.append({"id": f"id{i}", "source": f"im{i}.png", "image": f"images/im{i}.png",
-                     "mask": f"masks/im{i}.png", "patient_id": f"p{i // 2}", "laterality": "L",
-                     "view": "CC", "height": h, "width": w})  # fmt: skip
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
-
-
-def write_preset(path: Path, cache: Path, steps: int) -> Path:
-    """The tiny run as a YAML preset (data.source and optim.max_steps filled in)."""
-    import yaml
-
-    preset = {k: dict(v) for k, v in TINY.items()}
-    preset["data"]["source"] = str(cache)
-    preset["optim"]["max_steps"] = steps
-    path.write_text(yaml.safe_dump(preset, sort_keys=False))
-    return path
+# The synthetic cache and the tiny preset are shared with the tests: tests/helpers.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import (  # noqa: E402
+    prepared_columns,
+    subprocess_env,
+    write_cache,
+    write_preset,
+    write_sources,
+)
 
 
 def pretrain_command(run: Path, preset: Path | None) -> list[str]:
@@ -92,15 +50,14 @@ def pretrain_command(run: Path, preset: Path | None) -> list[str]:
     return base + (["--config", str(preset)] if preset else ["--resume"])
 
 
-def env() -> dict[str, str]:
-    """One thread per process (fair on a shared machine; deterministic kernels anyway)."""
-    return dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
-
-
 def run_to_end(run: Path, preset: Path | None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run (or resume) pretraining to its end; raises on a non-zero exit."""
     out = subprocess.run(
-        pretrain_command(run, preset), capture_output=True, text=True, timeout=timeout, env=env()
+        pretrain_command(run, preset),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=subprocess_env(),
     )
     if out.returncode != 0:
         raise RuntimeError(f"pretrain exit {out.returncode}: {out.stderr[-1500:]}")
@@ -132,7 +89,7 @@ def kill_at_random(run: Path, preset: Path, rng: random.Random, max_wait: float)
         pretrain_command(run, preset if fresh else None),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        env=env(),
+        env=subprocess_env(),
     )
     seen = metrics_lines(run) if not fresh else 0
     deadline = time.monotonic() + 600
@@ -168,7 +125,7 @@ def same_weights(a: dict, b: dict) -> bool:
 
 def kill_resume_trial(folder: Path, kills: int, steps: int, seed: int, max_wait: float) -> dict:
     """Reference run, then a run killed `kills` times and resumed; the figures of the trial."""
-    cache = write_cache(folder / "cache")
+    cache = write_cache(folder / "cache", columns=prepared_columns, labels=None)
     preset = write_preset(folder / "tiny.yaml", cache, steps)
     run_to_end(folder / "reference", preset)
     reference = final_weights(folder / "reference")
@@ -202,32 +159,19 @@ def prepare_command(src: Path, out: Path) -> list[str]:
             "--no-progress", "--salt", "kill-test", "--cache-size", "64"]  # fmt: skip
 
 
-def write_sources(folder: Path, count: int = 200) -> Path:
-    """Small synthetic mammogram-like PNGs (breast half-disc on the left) for prepare."""
-    import cv2
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        rng = np.random.default_rng(100 + i)
-        h, w = 160, 120
-        r, c = np.mgrid[:h, :w]
-        mask = ((r - h / 2) ** 2 + (c * 1.3) ** 2) < (0.42 * h) ** 2
-        image = np.where(mask, 20000 + rng.integers(0, 20000, (h, w)), 200).astype(np.uint16)
-        cv2.imwrite(str(folder / f"case{i:02d}.png"), image)
-    return folder
-
-
 def prepare_kill_trial(folder: Path, kills: int, seed: int) -> dict:
     """Clean prepare vs one killed `kills` times and rerun: same manifest, no duplicate ids."""
     src = write_sources(folder / "src")
     clean = folder / "clean"
-    out = subprocess.run(prepare_command(src, clean), capture_output=True, text=True, env=env())
+    out = subprocess.run(
+        prepare_command(src, clean), capture_output=True, text=True, env=subprocess_env()
+    )
     if out.returncode != 0:
         raise RuntimeError(f"prepare exit {out.returncode}: {out.stderr[-1500:]}")
     killed, rng, done = folder / "killed", random.Random(seed), 0
     for _ in range(kills):
         proc = subprocess.Popen(prepare_command(src, killed), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env())  # fmt: skip
+                                stderr=subprocess.DEVNULL, env=subprocess_env())  # fmt: skip
         images = killed / "images"
         before = len(list(images.rglob("*.png"))) if images.is_dir() else 0
         while proc.poll() is None and (
@@ -240,7 +184,9 @@ def prepare_kill_trial(folder: Path, kills: int, seed: int) -> dict:
             os.kill(proc.pid, signal.SIGKILL)
             done += 1
         proc.wait()
-    out = subprocess.run(prepare_command(src, killed), capture_output=True, text=True, env=env())
+    out = subprocess.run(
+        prepare_command(src, killed), capture_output=True, text=True, env=subprocess_env()
+    )
     if out.returncode != 0:
         raise RuntimeError(f"prepare rerun exit {out.returncode}: {out.stderr[-1500:]}")
     a = (clean / "manifest.csv").read_text()

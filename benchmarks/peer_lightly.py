@@ -382,8 +382,7 @@ class LightlyStep:
 
 def loader_batches(cfg: Any):
     """Endless collated batches in the order our Trainer draws them (same sampler and seed)."""
-    from mammodino.data.dataset import build_pretrain_dataset
-    from mammodino.data.mixed_sampler import build_sampler
+    from mammodino.data.dataset import build_pretrain_dataset, build_sampler
 
     dataset = build_pretrain_dataset(cfg)
     data, seed = cfg.data, int(cfg.train.seed)
@@ -589,15 +588,13 @@ def device_name(device: torch.device) -> str:
 def reexec_with_malloc_tunables(cfg: Any, device: torch.device) -> None:
     """On CPU, restart with the GLIBC_TUNABLES `mammodino pretrain` sets (train.malloc_tunables):
     both recipes then run in the allocator setting of our CLI."""
-    from mammodino.commands.pretrain import MALLOC_TUNABLES
+    from mammodino.train.hardware import malloc_tunables
 
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if device.type != "cpu" or not cfg.train.malloc_tunables or "mmap_threshold" in tunables:
-        return
-    if not sys.platform.startswith("linux"):
+    tunables = malloc_tunables(cfg, device, os.environ.get("GLIBC_TUNABLES", ""))
+    if tunables is None:
         return
     print("CPU: restarting with GLIBC_TUNABLES as `mammodino pretrain` sets them", flush=True)
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, MALLOC_TUNABLES])))
+    env = dict(os.environ, GLIBC_TUNABLES=tunables)
     os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 

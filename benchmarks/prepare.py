@@ -34,7 +34,7 @@ SPEEDUP_TARGET = 1.7
 def synthetic_mammogram(path: Path) -> Path:
     """A 12-bit 4664 x 3064 DICOM with a half-ellipse breast, written uncompressed."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_reader_support import synthetic_breast, write_dicom
+    from helpers import synthetic_breast, write_dicom
 
     return write_dicom(path, synthetic_breast(4664, 3064, label=True, bits=12))
 

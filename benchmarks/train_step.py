@@ -28,9 +28,9 @@ import time
 import torch
 from torch.utils import flop_counter
 
-from mammodino.commands.pretrain import MALLOC_TUNABLES
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
+from mammodino.train.hardware import MALLOC_TUNABLES
 from mammodino.train.loop import Trainer
 
 MODELS = {

@@ -1,4 +1,7 @@
-"""Shared fixtures: where the real data lives, and deterministic torch settings."""
+"""Shared fixtures: where the real data lives, and torch's global settings kept per test.
+
+Plain helpers (synthetic data, tiny configs) are in helpers.py.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-
-# The smallest MammoDINO that trains (ViT-Tiny/8 on 32/16 px crops, 64 prototypes, in-process
-# data loading); each training test adds its schedule and the settings it is about.
-TINY_TRAIN = [
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=1",
-    "crops.global_size=32",
-    "crops.local_size=16",
-    "crops.n_local=2",
-    "masking.min_tissue_patches=2",
-    "heads.dino_out_dim=64",
-    "heads.ibot_out_dim=64",
-    "heads.dino_hidden_dim=32",
-    "heads.dino_bottleneck_dim=16",
-    "data.num_workers=0",
-    "train.log_every=1",
-    "train.precision=fp32",  # the same numbers on every CPU (auto is bf16 where it is native)
-]
-
-
-def shared_data_dir(*parts: str) -> Path:
-    """A folder under ../shared/data, or skip the test with the reason."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available at {path} (see ../shared/data/README.md)")
-    return path
+from helpers import shared_data_dir
 
 
 @pytest.fixture
@@ -59,3 +34,16 @@ def _torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    """train.deterministic switches torch's global flag on: switch it back for other tests."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(previous)

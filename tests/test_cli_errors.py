@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import fake_run
 from mammodino.cli import main
-from test_interop import _fake_run
 
 
 def _one_line_error(capsys, argv: list[str]) -> str:
@@ -96,7 +96,7 @@ def umask(request):
 
 @pytest.mark.parametrize("fmt", ["hf", "timm", "safetensors"])
 def test_export_files_get_the_default_permissions(tmp_path, umask, fmt):
-    run, _ = _fake_run(tmp_path)
+    run, _ = fake_run(tmp_path)
     out = tmp_path / fmt
     assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}

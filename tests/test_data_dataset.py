@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from itertools import islice
 from pathlib import Path
 
@@ -11,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import disc_breast, write_cache
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.dataset import build_pretrain_dataset, compute_breast_mask
-from mammodino.data.sampler import ResumableSampler
-from mammodino.errors import ConfigError, MammoReadError
+from mammodino.data.dataset import build_pretrain_dataset
+from mammodino.data.image_dataset import compute_breast_mask
+from mammodino.data.resumable_sampler import ResumableSampler
+from mammodino.errors import CacheError, ConfigError
 
 TINY = [
     "crops.global_size=32",
@@ -29,28 +30,7 @@ TINY = [
 
 def synthetic_breast(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A uint16 image with a half-disc breast against the left edge, and its 0/255 mask."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:height, :width]
-    mask = ((rows - height / 2) ** 2 + cols**2) < (0.45 * height) ** 2
-    image = np.where(mask, 20000 + rng.integers(0, 30000, (height, width)), 300)
-    return image.astype(np.uint16), (mask * 255).astype(np.uint8)
-
-
-def write_cache(folder: Path, count: int = 4) -> Path:
-    """A prepared cache like `mammodino prepare` writes: manifest.csv + uint16 images + masks."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows = []
-    for i in range(count):
-        image, mask = synthetic_breast(48 + 4 * i, 40, seed=i)
-        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
-        cv2.imwrite(str(folder / "masks" / f"im{i}.png"), mask)
-        rows.append({"id": f"id{i}", "image": f"images/im{i}.png", "mask": f"masks/im{i}.png"})
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["id", "image", "mask"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
+    return disc_breast(height, width, level=20000, noise=30000, seed=seed)
 
 
 def tiny_config(source: Path, *overrides: str):
@@ -59,7 +39,14 @@ def tiny_config(source: Path, *overrides: str):
 
 @pytest.fixture
 def cache(tmp_path: Path) -> Path:
-    return write_cache(tmp_path / "cache")
+    """4 images of growing height; the manifest has id, image and mask only."""
+    return write_cache(
+        tmp_path / "cache",
+        4,
+        breast=lambda i: synthetic_breast(48 + 4 * i, 40, seed=i),
+        columns=None,
+        labels=None,
+    )
 
 
 def test_sample_matches_the_architecture_contract(cache):
@@ -192,7 +179,7 @@ def test_bad_sources_raise_typed_errors(tmp_path, cache):
     with pytest.raises(ConfigError, match="neither"):
         build_pretrain_dataset(tiny_config(tmp_path / "missing"))
     (cache / "images" / "im0.png").write_bytes(b"not a png")
-    with pytest.raises(MammoReadError, match="im0.png"):
+    with pytest.raises(CacheError, match="im0.png"):
         build_pretrain_dataset(tiny_config(cache))[0]
 
 

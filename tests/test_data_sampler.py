@@ -6,7 +6,12 @@ from itertools import islice
 
 import pytest
 
-from mammodino.data.sampler import ResumableSampler, epoch_permutation, sample_key, split_key
+from mammodino.data.resumable_sampler import (
+    ResumableSampler,
+    epoch_permutation,
+    sample_key,
+    split_key,
+)
 
 
 def take(sampler: ResumableSampler, count: int) -> list[int]:

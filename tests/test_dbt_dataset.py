@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 import torch
 
+from helpers import CONTRAST, SPACING_MM, write_mixed_cache
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.dataset import PretrainDataset, build_pretrain_dataset
+from mammodino.data.dataset import build_pretrain_dataset, build_sampler
 from mammodino.data.dbt_dataset import MixedPretrainDataset, split_manifest
 from mammodino.data.dbt_pairs import tissue_slice_range
-from mammodino.data.mixed_sampler import DBT, FFDM, MixedSampler, build_sampler, decode_key
-from mammodino.data.sampler import ResumableSampler
+from mammodino.data.image_dataset import PretrainDataset
+from mammodino.data.mixed_sampler import DBT, FFDM, MixedSampler, decode_key
+from mammodino.data.resumable_sampler import ResumableSampler
 from mammodino.errors import ConfigError
 
 TINY = [
@@ -30,55 +29,6 @@ NO_INTENSITY = [
     f"augment.{key}=0.0"
     for key in ("brightness_p", "contrast_p", "gamma_p", "window_p", "blur_p_local", "noise_p")
 ] + ["augment.blur_p_global=[0.0]", "augment.solarize_p=0.0"]
-# Slice profile of the synthetic volumes: haze, tissue (slices 2..8), haze.
-CONTRAST = [0.05, 0.1, 0.6, 0.8, 1.0, 1.0, 0.9, 0.8, 0.6, 0.1, 0.05]
-SPACING_MM = 0.5
-COLUMNS = ["id", "image", "mask", "volume_id", "slice_index", "slice_count", "slice_spacing_mm"]
-
-
-def breast(height: int, width: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Texture in a half disc against the left edge (float 0..1) and its 0/255 mask."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:height, :width]
-    mask = ((rows - height / 2) ** 2 + cols**2) < (0.45 * height) ** 2
-    texture = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 2)
-    return np.where(mask, texture, 0.0), (mask * 255).astype(np.uint8)
-
-
-def write_mixed_cache(folder: Path, n_ffdm: int = 3, n_volumes: int = 2) -> Path:
-    """A cache like prepare writes: FFDM rows plus DBT volumes stored slice-wise, one mask each."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows = []
-    for i in range(n_ffdm):
-        texture, mask = breast(64, 48, seed=i)
-        cv2.imwrite(str(folder / f"images/f{i}.png"), (10000 + 40000 * texture).astype(np.uint16))
-        cv2.imwrite(str(folder / f"masks/f{i}.png"), mask)
-        rows.append({"id": f"f{i}", "image": f"images/f{i}.png", "mask": f"masks/f{i}.png"})
-    for v in range(n_volumes):
-        texture, mask = breast(64, 48, seed=100 + v)
-        cv2.imwrite(str(folder / f"masks/v{v}.png"), mask)
-        for z, level in enumerate(CONTRAST):
-            # Every slice is the same texture plus a constant: aligned crops differ by a constant.
-            image = np.where(mask > 0, 2000 + 50000 * level + 8000 * texture, 1000)
-            name = f"images/v{v}-{z:03d}.png"
-            cv2.imwrite(str(folder / name), image.astype(np.uint16))
-            rows.append(
-                {
-                    "id": f"v{v}-{z:03d}",
-                    "image": name,
-                    "mask": f"masks/v{v}.png",
-                    "volume_id": f"v{v}",
-                    "slice_index": z,
-                    "slice_count": len(CONTRAST),
-                    "slice_spacing_mm": SPACING_MM,
-                }
-            )
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
 
 
 @pytest.fixture

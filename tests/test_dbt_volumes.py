@@ -20,8 +20,8 @@ from mammodino.io.volumes import (
     mean_projection,
     open_volume,
 )
-from mammodino.preprocess.cache import SourceTask, prepare_source
 from mammodino.preprocess.pipeline import PrepareSettings
+from mammodino.preprocess.prepare_source import SourceTask, prepare_source
 from mammodino.synth.dicom_writer import DicomMeta, write_dbt_dicom, write_ffdm_dicom
 
 BITS = 12

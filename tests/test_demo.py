@@ -8,16 +8,11 @@ import json
 import pytest
 from rich.console import Console
 
-from mammodino.report.demo_pipeline import (
-    BACKBONES,
-    TASKS,
-    DemoSettings,
-    PaceWatch,
-    run_demo,
-    step_overrides,
-    write_eval_cache,
-    write_labels,
-)
+from helpers import write_csv
+from mammodino.pipelines.demo import BACKBONES, run_demo, step_overrides
+from mammodino.pipelines.demo_folder import DemoSettings
+from mammodino.pipelines.demo_pretrain import PaceWatch
+from mammodino.pipelines.demo_stages import TASKS, write_eval_cache, write_labels
 from mammodino.report.demo_summary import runs_table, summary_table
 from mammodino.report.runs import run_facts
 
@@ -32,10 +27,7 @@ def test_eval_cache_keeps_ffdm_rows_and_links_the_images(tmp_path):
         {"id": "v-000", "image": "images/v-000.png", "slice_index": "0"},
         {"id": "v-001", "image": "images/v-001.png", "slice_index": "1"},
     ]
-    with (cache / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(cache / "manifest.csv", rows)
     out = tmp_path / "cache-ffdm"
     write_eval_cache(cache, out)
     write_eval_cache(cache, out)  # a rerun keeps the links

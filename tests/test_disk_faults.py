@@ -5,7 +5,6 @@ with a one-line error (exit code 1); `--resume` then continues from the previous
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 from pathlib import Path
 
@@ -13,15 +12,9 @@ import pytest
 import torch
 
 import mammodino.train.checkpoint as checkpoint_module
+from helpers import prepared_columns, write_cache, write_preset
 from mammodino.cli import main
 from mammodino.train.checkpoint import list_checkpoints, load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
 
 FAILING = "step_00000003.pt"  # the third checkpoint of the run hits the full disk
 
@@ -91,17 +84,11 @@ def inject(monkeypatch, site: str) -> dict:
     return faults
 
 
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    previous = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("disk")
-    return kr.write_preset(folder / "tiny.yaml", kr.write_cache(folder / "cache"), 4)
+    cache = write_cache(folder / "cache", columns=prepared_columns, labels=None)
+    return write_preset(folder / "tiny.yaml", cache, 4)
 
 
 @pytest.mark.slow

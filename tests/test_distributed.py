@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from mammodino.train import distributed as D
+from helpers import free_port
+from mammodino.train import parallel as D
 from mammodino.train.ema import copy_student_to_teacher, ema_update
 
 GLOBAL_BATCH, WORLD, STEPS, MORE_STEPS = 8, 2, 3, 2
@@ -121,16 +121,10 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     D.cleanup_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_rank_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "results.pt"
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD)
+    mp.spawn(_worker, args=(WORLD, free_port(), str(out)), nprocs=WORLD)
     return torch.load(out, weights_only=True)
 
 

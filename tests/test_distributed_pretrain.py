@@ -11,19 +11,16 @@ off (its per-sample draws cannot match across different batch layouts).
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
-import socket
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import TINY_TRAIN
+from helpers import TINY_TRAIN, disc_breast, free_port, write_cache
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer
@@ -45,28 +42,6 @@ TINY = [
 ]
 
 
-def write_cache(folder: Path, count: int = 8) -> Path:
-    """A prepared cache of `count` half-disc breasts (uint16 image, 0/255 mask, manifest.csv)."""
-    (folder / "images").mkdir(parents=True)
-    rows = []
-    for i in range(count):
-        h, w = 48 + 4 * (i % 3), 40
-        r, c = np.mgrid[:h, :w]
-        mask = ((r - h / 2) ** 2 + c**2) < (0.45 * h) ** 2
-        noise = np.random.default_rng(i).integers(0, 8000, (h, w))
-        image = np.where(mask, 20000 + 3000 * i + noise, 300).astype(np.uint16)
-        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
-        cv2.imwrite(str(folder / "images" / f"im{i}.mask.png"), (mask * 255).astype(np.uint8))
-        rows.append(
-            {"id": f"id{i}", "image": f"images/im{i}.png", "mask": f"images/im{i}.mask.png"}
-        )
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return folder
-
-
 def _config(cache: Path, batch_size: int, koleo: str):
     overrides = [*TINY, f"data.source={cache}", f"data.batch_size={batch_size}"]
     return load_config(overrides=[*overrides, f"distributed.koleo={koleo}"])
@@ -76,7 +51,7 @@ def _rank(rank: int, port: int, cache: str, root: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from mammodino.train import distributed as D
+    from mammodino.train import parallel as D
     from mammodino.train.distributed_trainer import DistributedTrainer
 
     for koleo in ("gathered", "per_rank"):  # two runs in one process group
@@ -92,17 +67,16 @@ def _rank(rank: int, port: int, cache: str, root: str) -> None:
     D.cleanup_distributed()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
-    cache = write_cache(root / "cache")
-    mp.spawn(_rank, args=(_free_port(), str(cache), str(root / "two")), nprocs=WORLD)
+    cache = write_cache(  # 8 breasts, each brighter than the last; manifest: id, image, mask
+        root / "cache",
+        breast=lambda i: disc_breast(48 + 4 * (i % 3), level=20000 + 3000 * i, seed=i),
+        columns=None,
+        labels=None,
+    )
+    mp.spawn(_rank, args=(free_port(), str(cache), str(root / "two")), nprocs=WORLD)
     out = {f"2x{PER_RANK}-{koleo}": root / "two" / koleo for koleo in ("gathered", "per_rank")}
     out["1x4"] = root / "one"
     Trainer(_config(cache, PER_RANK * WORLD, "gathered"), out["1x4"], show_progress=False).run()

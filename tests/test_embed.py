@@ -1,13 +1,12 @@
-import csv
-
 import cv2
 import numpy as np
 import pytest
 import torch
 
 import mammodino
+from helpers import write_csv
 from mammodino.cli import main
-from mammodino.eval.embed import load_backbone, square_canvas
+from mammodino.eval.backbone import load_backbone, square_canvas
 from mammodino.eval.features import load_features
 
 
@@ -30,10 +29,7 @@ def _tiny_cache(folder, n=5, shape=(48, 30)):
                 "cache_width": shape[1],
             }
         )
-    with (folder / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(folder / "manifest.csv", rows)
 
 
 def test_square_canvas_pads_right_and_bottom():

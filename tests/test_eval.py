@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from helpers import write_csv
 from mammodino.cli import main
 from mammodino.errors import EvaluationError
 from mammodino.eval.features import Features, load_features, save_features
@@ -183,10 +184,7 @@ def test_eval_counts_images_with_a_label_for_the_task_and_decides_ordinal(tmp_pa
     for r in rows:
         r["birads_suspicious"] = "1" if r["normal_abnormal"] == "abnormal" else "0"
     rows[3]["birads_suspicious"] = ""  # joined, but no label for this task
-    with labels.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(labels, rows)
     out = tmp_path / "res"
     argv = ["eval", "--features", feats, "--labels", labels, "--task", "birads_suspicious"]
     argv += ["--protocol", "logreg", "--folds", "3", "--bootstrap", "10", "--C", "1"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_csv
 from mammodino.errors import EvaluationError
 from mammodino.eval.crossval import cross_validate
 from mammodino.eval.finetune import (
@@ -58,7 +59,6 @@ def test_finetune_protocol_needs_weights_and_manifest():
 
 @pytest.mark.slow
 def test_eval_cli_finetune_on_a_cache(tmp_path):
-    import csv
     import json
 
     import cv2
@@ -83,10 +83,7 @@ def test_eval_cli_finetune_on_a_cache(tmp_path):
                 "cache_width": "32",
             }
         )
-    with (tmp_path / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(tmp_path / "manifest.csv", rows)
     save_features(
         tmp_path / "feats", [r["id"] for r in rows], np.zeros((8, 4)), np.zeros((8, 4)), rows
     )

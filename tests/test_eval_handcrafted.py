@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-
 import cv2
 import numpy as np
 import pytest
 
-from mammodino.errors import EvaluationError
+from helpers import write_csv
+from mammodino.errors import CacheError, EvaluationError
 from mammodino.eval.features import load_features
 from mammodino.eval.handcrafted import extract_handcrafted, feature_names, handcrafted_features
 
@@ -63,10 +62,7 @@ def test_extract_from_a_cache_writes_features(tmp_path):
                 "patient_id": "p",
             }
         )
-    with (tmp_path / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(tmp_path / "manifest.csv", rows)
     extract_handcrafted(tmp_path, tmp_path / "feats")
     f = load_features(tmp_path / "feats")
     assert f.ids.tolist() == ["id0", "id1"] and f.cls.shape == (2, len(feature_names()))
@@ -75,5 +71,5 @@ def test_extract_from_a_cache_writes_features(tmp_path):
     # Patch tissue fraction (entry 6): the left edge holds the breast, the right edge background.
     assert f.patch_grid[0, 8, 0, 6] == 1.0 and f.patch_grid[0, 8, -1, 6] == 0.0
     assert f.cls[1, feature_names().index("mean")] > f.cls[0, feature_names().index("mean")]
-    with pytest.raises(EvaluationError, match="manifest"):
+    with pytest.raises(CacheError, match="manifest"):
         extract_handcrafted(tmp_path / "images", tmp_path / "x")

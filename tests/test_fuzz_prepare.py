@@ -4,7 +4,6 @@ the manifest or in errors.csv with a typed reason, and nothing crashes or prints
 from __future__ import annotations
 
 import csv
-import importlib.util
 import random
 import subprocess
 import sys
@@ -12,22 +11,16 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_fuzz", REPO / "benchmarks" / "fuzz.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
-_spec = importlib.util.spec_from_file_location(
-    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
+from helpers import load_benchmark, subprocess_env, write_sources
+
+fuzz = load_benchmark("fuzz")  # the mutators of the longer soak
 
 
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_prepare_accounts_for_every_fuzzed_file(tmp_path):
     seeds = fuzz.write_seeds(tmp_path / "seeds")
-    src = kr.write_sources(tmp_path / "src", count=6)  # valid breast images among the junk
+    src = write_sources(tmp_path / "src", count=6)  # valid breast images among the junk
     rng = random.Random(0)
     names = sorted(seeds)
     for i in range(80):
@@ -37,7 +30,7 @@ def test_prepare_accounts_for_every_fuzzed_file(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mammodino", "prepare", str(src), str(tmp_path / "cache"),
          "--workers", "1", "--cache-size", "64", "--salt", "fuzz", "--no-progress"],
-        capture_output=True, text=True, timeout=600, env=kr.env(),
+        capture_output=True, text=True, timeout=600, env=subprocess_env(),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr

@@ -7,7 +7,6 @@ The mutators are those of benchmarks/fuzz.py (the longer soak). CI runs ~2,100 c
 
 from __future__ import annotations
 
-import importlib.util
 import struct
 import subprocess
 import sys
@@ -20,13 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import load_benchmark
 from mammodino.errors import ImageTooLargeError, MammoReadError, TruncatedFileError
 from mammodino.io.reader import read_frame_count, read_image
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mammodino_fuzz", REPO / "benchmarks" / "fuzz.py")
-fuzz = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fuzz)
+fuzz = load_benchmark("fuzz")
 
 SETTINGS = dict(
     deadline=None,

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import TINY_LOOP, write_cache
 from mammodino.cli import main
 from mammodino.config import load_config
 from mammodino.errors import ConfigError
@@ -18,7 +19,6 @@ from mammodino.train import hardware
 from mammodino.train.hardware import cap_workers, cpu_flags, resolve_hardware_defaults
 from mammodino.train.hardware import resolve_precision as resolve
 from mammodino.train.metrics_log import ProgressDisplay
-from test_train_loop import TINY, write_cache
 
 CPU = torch.device("cpu")
 AVX2_ONLY = {"fpu", "sse2", "avx", "avx2", "fma"}
@@ -100,7 +100,7 @@ def test_pretrain_prints_and_writes_the_resolved_precision(
     monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
     cache, run = write_cache(tmp_path / "cache"), tmp_path / "run"
     argv = ["pretrain", "--output-dir", str(run), "--no-progress", "--config", "tiny-cpu",
-            f"data.source={cache}", *TINY, "optim.max_steps=1", "monitor.every=0",
+            f"data.source={cache}", *TINY_LOOP, "optim.max_steps=1", "monitor.every=0",
             "train.device=cpu", "train.precision=auto"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out.splitlines()
@@ -124,3 +124,16 @@ def test_progress_shows_rate_and_eta_from_the_first_step():
     fields = bar.progress.tasks[0].fields
     assert fields["loss"] == "7.2500" and fields["rate"] != "-" and fields["eta"] != "-:--:--"
     assert bar.progress.tasks[0].completed == 1
+
+
+def test_malloc_tunables_only_for_cpu_runs_that_lack_them(monkeypatch):
+    monkeypatch.setattr(hardware.sys, "platform", "linux")
+    cfg = load_config()
+    assert hardware.malloc_tunables(cfg, CPU) == hardware.MALLOC_TUNABLES
+    assert hardware.malloc_tunables(cfg, CPU, "a=1") == f"a=1:{hardware.MALLOC_TUNABLES}"
+    assert hardware.malloc_tunables(cfg, CPU, hardware.MALLOC_TUNABLES) is None  # already set
+    assert hardware.malloc_tunables(cfg, torch.device("cuda")) is None
+    off = load_config(overrides=["train.malloc_tunables=false"])
+    assert hardware.malloc_tunables(off, CPU) is None
+    monkeypatch.setattr(hardware.sys, "platform", "darwin")
+    assert hardware.malloc_tunables(cfg, CPU) is None

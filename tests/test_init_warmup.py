@@ -10,21 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import TINY_LOOP, write_cache
 from mammodino.config import load_config
 from mammodino.errors import CheckpointError
 from mammodino.models.export import export_safetensors
 from mammodino.models.vit import build_vit
 from mammodino.train.loop import Trainer
-from test_train_loop import TINY, write_cache
 
 WARMUP = 2
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    previous = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(previous)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +46,7 @@ def cfg(cache: Path, init: Path, *overrides: str):
     return load_config(
         overrides=[
             f"data.source={cache}",
-            *TINY,
+            *TINY_LOOP,
             "model.layerscale_init=1.0",
             f"model.init={init}",
             f"model.init_warmup_steps={WARMUP}",
@@ -114,7 +107,7 @@ def test_backbone_is_frozen_for_the_warmup_then_trains(cache, hub_weights, tmp_p
 
 
 def test_init_from_our_export_and_a_clear_error_for_a_misfit(cache, tmp_path):
-    donor = Trainer(load_config(overrides=[f"data.source={cache}", *TINY]), tmp_path / "donor",
+    donor = Trainer(load_config(overrides=[f"data.source={cache}", *TINY_LOOP]), tmp_path / "donor",
                     show_progress=False)  # fmt: skip
     export = export_safetensors(donor.model.teacher["backbone"], {}, tmp_path / "export")
     trainer = Trainer(cfg(cache, export, "model.init_warmup_steps=0"), tmp_path / "run",

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 
+from helpers import fake_run, tiny_vit
 from mammodino.errors import CheckpointError
 from mammodino.models.convert import (
     detect_layout,
@@ -51,20 +52,6 @@ def _hf_model(registers: int, swiglu: bool = False):
     return model.eval()
 
 
-def _tiny(**kwargs):
-    torch.manual_seed(1)
-    params = {"img_size": 56, "patch_size": 14, "depth": 2, "embed_dim": 48, "num_heads": 3}
-    params.update(kwargs)
-    model = build_vit("vit_tiny", **params).eval()
-    with torch.no_grad():
-        model.register_tokens is not None and model.register_tokens.normal_()
-        model.cls_token.normal_()
-        for block in model.blocks:
-            block.ls1.gamma.normal_(0, 0.5)
-            block.ls2.gamma.normal_(0, 0.5)
-    return model
-
-
 @pytest.mark.parametrize("registers", [0, 4])
 def test_hf_dinov2_converts_to_same_tokens(registers):
     hf = _hf_model(registers)
@@ -83,7 +70,7 @@ def test_hf_dinov2_converts_to_same_tokens(registers):
 @pytest.mark.parametrize("registers", [0, 4])
 def test_hf_export_loads_in_automodel_and_matches(tmp_path, registers):
     transformers = pytest.importorskip("transformers")
-    ours = _tiny(num_register_tokens=registers)
+    ours = tiny_vit(num_register_tokens=registers)
     export_hf(ours, tmp_path)
     hf, info = transformers.AutoModel.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
@@ -177,7 +164,7 @@ def test_mismatched_weights_name_the_keys():
 
 @pytest.mark.parametrize("kwargs", [{}, {"num_register_tokens": 4}, {"ffn_layer": "swiglu"}])
 def test_timm_layout_round_trip(kwargs):
-    ours = _tiny(**kwargs)
+    ours = tiny_vit(**kwargs)
     timm_sd = timm_state_dict(ours)
     assert "mask_token" not in timm_sd
     if kwargs.get("num_register_tokens"):
@@ -187,7 +174,7 @@ def test_timm_layout_round_trip(kwargs):
             48,
         )
     assert detect_layout(timm_sd) == ("dinov2" if not kwargs else "timm")
-    back = _tiny(**kwargs)
+    back = tiny_vit(**kwargs)
     with torch.no_grad():
         for p in back.parameters():
             p.zero_()
@@ -199,7 +186,7 @@ def test_timm_layout_round_trip(kwargs):
 
 
 def test_timm_export_writes_config(tmp_path):
-    export_timm(_tiny(num_register_tokens=4), tmp_path)
+    export_timm(tiny_vit(num_register_tokens=4), tmp_path)
     import json
 
     config = json.loads((tmp_path / "config.json").read_text())
@@ -209,7 +196,7 @@ def test_timm_export_writes_config(tmp_path):
 
 
 def test_own_safetensors_round_trip_with_heads(tmp_path):
-    ours = _tiny(num_register_tokens=2)
+    ours = tiny_vit(num_register_tokens=2)
     heads = {"dino_head": DINOHead(48, 32, 16, 8), "slice_head": ProjectionHead(48, 8, 16)}
     export_safetensors(ours, heads, tmp_path, extra={"step": 7})
     backbone, loaded = load_exported(tmp_path)
@@ -223,7 +210,7 @@ def test_own_safetensors_round_trip_with_heads(tmp_path):
 
 
 def test_training_checkpoint_prefixes_chunks_and_pth(tmp_path):
-    ours = _tiny()
+    ours = tiny_vit()
     # DINOv2 FSDP training checkpoints: blocks.<chunk>.<global index>.*, under teacher.backbone.
     chunked = {
         "teacher.backbone." + re.sub(r"^blocks\.(\d+)\.", r"blocks.\1.\1.", k): v
@@ -238,34 +225,11 @@ def test_training_checkpoint_prefixes_chunks_and_pth(tmp_path):
         read_state_dict(tmp_path / "pickled.pth")
 
 
-def _fake_run(tmp_path):
-    """A run folder with one checkpoint in the training loop's format (student/teacher/arch)."""
-    from mammodino.train.checkpoint import CheckpointManager
-
-    backbone = _tiny(num_register_tokens=4)
-    parts = torch.nn.ModuleDict(
-        {
-            "backbone": backbone,
-            "dino_head": DINOHead(48, 32, 16, 8),
-            "slice_head": ProjectionHead(48, 8, 16),
-        }
-    )
-    payload = {
-        "step": 5,
-        "student": parts.state_dict(),
-        "teacher": parts.state_dict(),
-        "arch": backbone.arch_dict(),
-        "config": "",
-    }
-    CheckpointManager(tmp_path / "run" / "checkpoints").save(payload)
-    return tmp_path / "run", parts
-
-
 @pytest.mark.parametrize("fmt", ["hf", "timm", "safetensors"])
 def test_export_command_writes_each_format(tmp_path, fmt):
     from mammodino.cli import main
 
-    run, parts = _fake_run(tmp_path)
+    run, parts = fake_run(tmp_path)
     out = tmp_path / fmt
     assert main(["export", str(run), "--format", fmt, "--output", str(out)]) == 0
     x = torch.rand(1, 1, 56, 56)
@@ -294,7 +258,7 @@ def test_export_command_reports_missing_run(tmp_path, capsys):
 
 
 def test_hf_folder_with_pytorch_model_bin(tmp_path):
-    ours = _tiny()
+    ours = tiny_vit()
     export_hf(ours, tmp_path)
     tensors = read_state_dict(tmp_path)
     (tmp_path / "model.safetensors").unlink()

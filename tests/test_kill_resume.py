@@ -6,17 +6,11 @@ Helpers and the 10-kill version: benchmarks/kill_resume.py.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
+from helpers import load_benchmark
+
+kr = load_benchmark("kill_resume")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pytest
 
 from mammodino.cli import main
 from mammodino.errors import LabelsError
-from mammodino.eval.recipes import COLUMNS, convert_labels
+from mammodino.labels.convert import COLUMNS, convert_labels
 
 
 def _write(path: Path, text: str) -> Path:

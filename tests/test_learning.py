@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pytest
 
-from conftest import TINY_TRAIN
+from helpers import TINY_TRAIN
 from mammodino.config import load_config
 from mammodino.train.loop import train
 

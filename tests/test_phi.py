@@ -10,8 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import shared_data_dir
-from test_reader_support import synthetic_breast, write_dicom
+from helpers import shared_data_dir, synthetic_breast, write_dicom
 
 SENTINELS = {
     "PatientName": "Zorkowska^Phisentinel",

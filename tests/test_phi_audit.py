@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import importlib.util
 import re
 import struct
 import subprocess
@@ -23,14 +22,10 @@ import numpy as np
 import pydicom
 import pytest
 
+from helpers import subprocess_env, write_preset
 from mammodino.synth.dicom_writer import DicomMeta, write_dbt_dicom, write_ffdm_dicom
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
 
 TEXT_PREFIX = "QZXPHI"  # every text sentinel starts with it (SH holds 16 characters at most)
 UID_PREFIX = "1.2.999."  # every sentinel UID (valid UID syntax) starts with it
@@ -217,7 +212,7 @@ def _run(args: list[str], console: list[str]) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=600,
-        env=kr.env(),
+        env=subprocess_env(),
     )
     console.append(f"$ mammodino {' '.join(args)}\n{out.stdout}\n{out.stderr}")
     assert out.returncode == 0, f"mammodino {args[0]} exit {out.returncode}: {out.stderr[-2000:]}"
@@ -250,7 +245,7 @@ def test_no_phi_in_any_output_or_console(tmp_path):
     _run(["prepare", str(tmp_path / "src"), str(cache), "--workers", "1", "--salt", "audit",
           "--cache-size", "64", "--no-progress"], console)  # fmt: skip
     _run(["inspect", str(cache), "--sheet", str(sheet)], console)
-    preset = kr.write_preset(tmp_path / "tiny.yaml", cache, 2)
+    preset = write_preset(tmp_path / "tiny.yaml", cache, 2)
     _run(["pretrain", "--config", str(preset), "--output-dir", str(run), "--no-progress"], console)
     _run(["embed", "--weights", str(run), "--input", str(cache), "--output", str(feats),
           "--image-size", "32", "--no-progress"], console)  # fmt: skip

@@ -9,14 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from mammodino.cli import main
-from mammodino.preprocess.geometry import original_to_cache
-from test_reader_support import (
+from helpers import (
     BREAST_TOMOSYNTHESIS,
     dbt_extra,
     synthetic_breast,
     write_dicom,
 )
+from mammodino.cli import main
+from mammodino.preprocess.geometry import original_to_cache
 
 REQUIRED_COLUMNS = [
     "id",

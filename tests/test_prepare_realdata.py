@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import shared_data_dir
+from helpers import shared_data_dir
 from mammodino.io.reader import read_image
 from mammodino.preprocess.geometry import cache_to_original, original_to_cache
 from mammodino.preprocess.prepare import run_prepare

@@ -9,11 +9,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from helpers import synthetic_breast
 from mammodino.cli import main
+from mammodino.data.shard_pretrain import is_shard_source
 from mammodino.data.shards import ShardIndex
 from mammodino.data.streaming import StreamingShardDataset
-from mammodino.data.streaming_pretrain import is_shard_source
-from test_reader_support import synthetic_breast
 
 
 def _sources(src: Path, count: int = 3) -> Path:

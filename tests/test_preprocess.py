@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import synthetic_breast
 from mammodino.errors import ImageTooSmallError, NoBreastFoundError
 from mammodino.preprocess.geometry import (
     CacheGeometry,
@@ -27,7 +28,6 @@ from mammodino.preprocess.pipeline import (
     render_image,
     render_mask,
 )
-from test_reader_support import synthetic_breast
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

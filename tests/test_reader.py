@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from helpers import (
+    BREAST_TOMOSYNTHESIS,
+    DM_FOR_PROCESSING,
+    dbt_extra,
+    view_code,
+    write_dicom,
+)
 from mammodino.errors import (
     ImageTooLargeError,
     NoPixelDataError,
@@ -24,13 +31,6 @@ from mammodino.io.reader import (
     read_metadata,
 )
 from mammodino.io.voi import apply_voi_lut, apply_window
-from test_reader_support import (
-    BREAST_TOMOSYNTHESIS,
-    DM_FOR_PROCESSING,
-    dbt_extra,
-    view_code,
-    write_dicom,
-)
 
 # ---------------------------------------------------------------- VOI functions (PS3.3 C.11.2.1.2)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_data_dir
+from helpers import shared_data_dir
 from mammodino.errors import NoPixelDataError, NotAnImageError, UnsupportedTransferSyntaxError
 from mammodino.io.reader import read_image, read_metadata
 

@@ -3,27 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location(
-        "readme_commands", ROOT / "benchmarks" / "readme_commands.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["readme_commands"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_readme_command_is_run_or_says_why_not(tmp_path):
-    rc = _script()
+    rc = load_benchmark("readme_commands")
     lines = rc.readme_commands(ROOT / "README.md")
     plans = [rc.plan(line, tmp_path) for line in lines]
     assert len(plans) >= 15
@@ -46,7 +36,7 @@ def test_readme_names_every_required_option_of_export():
 
 @pytest.mark.slow
 def test_readme_commands_run_on_tiny_data(capsys):
-    rc = _script()
+    rc = load_benchmark("readme_commands")
     assert rc.main([]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "FAIL" not in out and "README commands ran cleanly" in out

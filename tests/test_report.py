@@ -4,19 +4,17 @@ HTML report of a 2-step tiny pretraining with real embed + eval outputs (issue 6
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import re
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from helpers import TINY_TRAIN, density_breast, write_cache
 from mammodino.config import load_config
-from mammodino.eval.embed import Backbone
+from mammodino.eval.backbone import Backbone
 from mammodino.models.vit import build_vit
 from mammodino.report import figures
 from mammodino.report.results import (
@@ -38,34 +36,6 @@ TINY = [
     "optim.warmup_epochs=1",
     "train.precision=fp32",
 ]
-
-
-def write_cache(folder: Path, count: int = 8) -> Path:
-    """A prepared cache of `count` disc-shaped 'breasts' in two density classes + labels.csv."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows = []
-    for i in range(count):
-        rng = np.random.default_rng(i)
-        h, w = 48, 40
-        r, c = np.mgrid[:h, :w]
-        mask = ((r - h / 2) ** 2 + c**2) < (0.45 * h) ** 2
-        level = 15000 if i % 2 else 40000
-        image = np.where(mask, level + rng.integers(0, 8000, (h, w)), 300).astype(np.uint16)
-        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
-        cv2.imwrite(str(folder / "masks" / f"im{i}.png"), (mask * 255).astype(np.uint8))
-        rows.append(
-            {"id": f"id{i}", "source": f"img{i}.png", "image": f"images/im{i}.png",
-             "mask": f"masks/im{i}.png", "patient_id": f"p{i}", "laterality": "L", "view": "CC"}
-        )  # fmt: skip
-    with (folder / "manifest.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with (folder / "labels.csv").open("w", newline="") as fh:
-        fh.write("file,patient_id,dense\n")
-        fh.writelines(f"img{i}.png,p{i},{1 - i % 2}\n" for i in range(count))
-    return folder
 
 
 def result(backbone: str, auroc: float, ci: tuple[float, float]) -> dict:
@@ -190,7 +160,17 @@ def test_report_of_a_two_step_run_is_one_self_contained_file(tmp_path):
     from mammodino.cli import main
     from mammodino.train.loop import train
 
-    cache = write_cache(tmp_path / "cache")
+    cache = write_cache(  # 8 images 48 px tall, one a patient, labelled dense or not
+        tmp_path / "cache",
+        breast=lambda i: density_breast(i, height=48),
+        columns=lambda i, _: {
+            "source": f"img{i}.png",
+            "patient_id": f"p{i}",
+            "laterality": "L",
+            "view": "CC",
+        },
+        labels=lambda i: {"file": f"img{i}.png", "patient_id": f"p{i}", "dense": 1 - i % 2},
+    )
     run = tmp_path / "run"
     train(load_config(overrides=[f"data.source={cache}", *TINY]), run, show_progress=False)
     feats = tmp_path / "feats" / "mammodino"

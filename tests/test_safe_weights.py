@@ -5,7 +5,6 @@ code never runs (its marker file is not created)."""
 from __future__ import annotations
 
 import builtins
-import importlib.util
 import pickle
 import subprocess
 import sys
@@ -14,17 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import prepared_columns, subprocess_env, write_cache, write_preset
 from mammodino.errors import CheckpointError
-from mammodino.eval.embed import load_backbone
+from mammodino.eval.backbone import load_backbone
 from mammodino.models.convert import read_state_dict
 from mammodino.train.checkpoint import FORMAT, VERSION, load_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    "mammodino_kill", REPO / "benchmarks" / "kill_resume.py"
-)
-kr = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(kr)
 
 
 class Exploit:
@@ -120,7 +113,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env=kr.env(),
+        env=subprocess_env(),
     )
 
 
@@ -129,10 +122,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_pretrain_resume_and_embed_refuse(tmp_path):
     """`pretrain --resume` on a run whose last.pt is hostile, `embed --weights` on the file."""
     marker = tmp_path / "PWNED"
-    cache = kr.write_cache(tmp_path / "cache")
+    cache = write_cache(tmp_path / "cache", columns=prepared_columns, labels=None)
     run = tmp_path / "run"
     run.mkdir()
-    preset = kr.write_preset(tmp_path / "tiny.yaml", cache, 2)
+    preset = write_preset(tmp_path / "tiny.yaml", cache, 2)
     from mammodino.config import load_config
 
     load_config(preset=preset).save(run / "config.yaml")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -11,6 +10,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from helpers import write_csv
 from mammodino.data.shards import (
     INDEX_NAME,
     ShardError,
@@ -22,6 +22,7 @@ from mammodino.data.shards import (
     iter_tar_samples,
     shard_prepared_cache,
 )
+from mammodino.errors import CacheError
 
 
 def _sample(i: int, size: int = 12) -> tuple[np.ndarray, np.ndarray]:
@@ -140,10 +141,7 @@ def test_prepared_cache_becomes_shards_with_png_bytes_unchanged(tmp_path):
             {"id": f"c{i}", "image": f"images/c{i}.png", "mask": f"images/c{i}.mask.png"}
             | {"view": "MLO", "height": 12, "scale_x": 0.5}
         )
-    with open(cache / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(cache / "manifest.csv", rows)
     index = shard_prepared_cache(cache, tmp_path / "shards", max_samples=2, shuffle_seed=1)
     assert [s.n_samples for s in index.shards] == [2, 2, 1]
     seen = {}
@@ -158,6 +156,6 @@ def test_prepared_cache_becomes_shards_with_png_bytes_unchanged(tmp_path):
     assert json.loads(raw["json"]) == {"id": "c3", "view": "MLO", "height": 12, "scale_x": 0.5}
 
 
-def test_missing_manifest_is_a_shard_error(tmp_path):
-    with pytest.raises(ShardError, match="manifest.csv"):
+def test_missing_manifest_is_a_cache_error(tmp_path):
+    with pytest.raises(CacheError, match="manifest.csv"):
         shard_prepared_cache(tmp_path, tmp_path / "out")

@@ -9,9 +9,9 @@ from mammodino.errors import EvaluationError
 from mammodino.eval.splits import (
     assert_patient_disjoint,
     label_fraction_subsets,
-    mias_patient_id,
     patient_folds,
 )
+from mammodino.labels.mini_mias import mias_patient_id
 
 
 def _cohort(n_patients: int = 60, seed: int = 0):

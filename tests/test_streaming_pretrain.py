@@ -10,13 +10,13 @@ import torch
 
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.shards import ShardWriter
-from mammodino.data.streaming import ResumableLoader
-from mammodino.data.streaming_pretrain import (
+from mammodino.data.shard_pretrain import (
     build_streaming_pretrain_dataset,
     is_shard_source,
     sample_index,
 )
+from mammodino.data.shards import ShardWriter
+from mammodino.data.streaming import ResumableLoader
 
 TINY = [
     "crops.global_size=32",

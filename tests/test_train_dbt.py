@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +12,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import TINY_TRAIN
+from helpers import TINY_TRAIN, free_port, write_mixed_cache
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer, train
-from test_dbt_dataset import write_mixed_cache
 
 TINY = [
     *TINY_TRAIN,
@@ -34,13 +32,6 @@ TINY = [
     "train.checkpoint_every=100",
     "train.deterministic=true",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    previous = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(previous)
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +97,7 @@ def _rank(rank: int, port: int, cache: str, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from mammodino.train import distributed as D
+    from mammodino.train import parallel as D
     from mammodino.train.distributed_trainer import DistributedTrainer
 
     # 4 volumes: each rank's 2 pairs can come from different volumes (negatives exist).
@@ -124,10 +115,7 @@ def _rank(rank: int, port: int, cache: str, out: str) -> None:
 def test_two_ddp_ranks_with_the_slice_loss_stay_identical(tmp_path):
     """DDP sees the student backbone called twice per step (crops, then slice pairs)."""
     cache = write_mixed_cache(tmp_path / "cache", n_volumes=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, str(cache), str(tmp_path / "run")), nprocs=2)
+    mp.spawn(_rank, args=(free_port(), str(cache), str(tmp_path / "run")), nprocs=2)
     every_rank = torch.load(tmp_path / "run" / "every_rank.pt", weights_only=True)
     assert torch.equal(every_rank[0], every_rank[1])
     logged = records(tmp_path / "run")

@@ -3,70 +3,18 @@ acceptance 3), NaN skip and stop-after-3, kNN monitor."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
-from conftest import TINY_TRAIN
+from helpers import TINY_LOOP, write_cache
 from mammodino.config import load_config
 from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mammodino.train.checkpoint import list_checkpoints, load_checkpoint
 from mammodino.train.loop import Trainer, train
-
-TINY = [
-    *TINY_TRAIN,
-    "model.drop_path_rate=0.1",
-    "masking.probability=1.0",
-    "data.batch_size=3",
-    "optim.epochs=4",
-    "optim.steps_per_epoch=3",
-    "optim.warmup_epochs=1",
-    "optim.base_lr=0.05",
-    "teacher.warmup_temp_epochs=1",
-    "train.checkpoint_every=100",
-    "train.deterministic=true",
-]
-
-
-def write_cache(folder: Path, count: int = 8) -> Path:
-    """A prepared cache: uint16 images, 0/255 masks, manifest.csv (with a `source` column)."""
-    (folder / "images").mkdir(parents=True)
-    (folder / "masks").mkdir()
-    rows = []
-    for i in range(count):
-        rng = np.random.default_rng(i)
-        h, w = 48 + 4 * (i % 3), 40
-        r, c = np.mgrid[:h, :w]
-        mask = ((r - h / 2) ** 2 + c**2) < (0.45 * h) ** 2
-        level = 15000 if i % 2 else 40000  # two "density" classes the monitor can tell apart
-        image = np.where(mask, level + rng.integers(0, 8000, (h, w)), 300).astype(np.uint16)
-        cv2.imwrite(str(folder / "images" / f"im{i}.png"), image)
-        cv2.imwrite(str(folder / "masks" / f"im{i}.png"), (mask * 255).astype(np.uint8))
-        rows.append(
-            {"id": f"id{i}", "source": f"mdb{i + 1:03d}.png", "image": f"images/im{i}.png",
-             "mask": f"masks/im{i}.png"}
-        )  # fmt: skip
-    with (folder / "manifest.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with (folder / "labels.csv").open("w", newline="") as handle:
-        handle.write("file,tissue_FGD\n")
-        handle.writelines(f"mdb{i + 1:03d}.png,{'FD'[i % 2]}\n" for i in range(count))
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    """train.deterministic switches torch's global flag on: switch it back for other tests."""
-    previous = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(previous)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +23,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def tiny_cfg(cache: Path, *overrides: str):
-    return load_config(overrides=[f"data.source={cache}", *TINY, *overrides])
+    return load_config(overrides=[f"data.source={cache}", *TINY_LOOP, *overrides])
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -222,7 +170,7 @@ def test_pretrain_command_writes_a_run_and_resumes(cache, tmp_path):
     preset.write_text("model:\n  arch: vit_tiny\n")
     run = tmp_path / "run"
     base = ["pretrain", "--output-dir", str(run), "--no-progress"]
-    overrides = [f"data.source={cache}", *TINY]
+    overrides = [f"data.source={cache}", *TINY_LOOP]
     assert main([*base, "--config", str(preset), *overrides, "optim.max_steps=1"]) == 0
     assert main([*base, "--resume", "optim.max_steps=2"]) == 0  # config read from RUN
     assert [r["step"] for r in read_metrics(run)] == [1, 2]

@@ -10,20 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import TINY_LOOP, write_cache
 from mammodino.config import load_config
 from mammodino.data.shards import shard_prepared_cache
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import train
-from test_train_loop import TINY, write_cache
 
 STREAM = ["data.shuffle_buffer=4", "data.mix_shards=2", "dbt.slice_loss_weight=0"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_determinism():
-    previous = torch.are_deterministic_algorithms_enabled()
-    yield
-    torch.use_deterministic_algorithms(previous)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +29,7 @@ def caches(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def cfg(source: Path, *overrides: str):
-    return load_config(overrides=[f"data.source={source}", *TINY, *STREAM, *overrides])
+    return load_config(overrides=[f"data.source={source}", *TINY_LOOP, *STREAM, *overrides])
 
 
 def losses(run: Path) -> list[float]:

@@ -12,7 +12,7 @@ __all__ = ["load_backbone", "__version__"]
 
 def __getattr__(name: str):
     if name == "load_backbone":
-        from mammodino.eval.embed import load_backbone
+        from mammodino.eval.backbone import load_backbone
 
         return load_backbone
     raise AttributeError(f"module 'mammodino' has no attribute {name!r}")

@@ -57,6 +57,10 @@ class NoBreastFoundError(MammoReadError):
     """No breast tissue was found (blank or all-background image)."""
 
 
+class CacheError(MammodinoError):
+    """A prepared cache is missing or malformed: no manifest, missing columns, unreadable image."""
+
+
 class CheckpointError(MammodinoError):
     """A checkpoint is missing, corrupt, unsafe or does not fit the model."""
 

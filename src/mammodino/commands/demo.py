@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
+    from mammodino.pipelines.demo import run_demo
+    from mammodino.pipelines.demo_folder import DemoSettings
     from mammodino.report.build import build_report
-    from mammodino.report.demo_pipeline import DemoSettings, run_demo
     from mammodino.report.demo_summary import runs_table, summary_table
 
     # Wide even when piped (make demo | tee): the table carries intervals and wraps badly at 80.

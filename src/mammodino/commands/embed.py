@@ -36,32 +36,32 @@ def run(args: argparse.Namespace) -> int:
 
     from mammodino.errors import MammodinoError
     from mammodino.io.weights import check_weights_source
+    from mammodino.preprocess.cache import (
+        cache_folder,
+        is_prepared_cache,
+        read_cached_float,
+        read_manifest,
+    )
 
     # Arguments first, torch after: a wrong --weights or --input is one line at once.
     check_weights_source(args.weights)
     source = Path(args.input)
-    manifest = source if source.suffix == ".csv" else source / "manifest.csv"
-    if not manifest.is_file() and not source.is_dir():
+    cached = is_prepared_cache(source)
+    if not cached and not source.is_dir():
         raise MammodinoError(f"{source}: neither a prepared cache nor a folder of images")
 
     from rich.progress import Progress
 
-    from mammodino.eval.embed import load_backbone
-    from mammodino.eval.embed_run import (
-        embed_rows,
-        folder_rows,
-        load_cache_image,
-        read_manifest_rows,
-        set_inference_threads,
-    )
+    from mammodino.eval.backbone import load_backbone
+    from mammodino.eval.embedding_run import embed_rows, folder_rows, set_inference_threads
 
     set_inference_threads()
-    if manifest.is_file():
-        cache = manifest.parent
-        rows = read_manifest_rows(manifest)
+    if cached:
+        cache = cache_folder(source)
+        rows = read_manifest(source, required=("id", "image"))
 
         def image_at(i: int):
-            return load_cache_image(cache, rows[i])
+            return read_cached_float(cache, rows[i])
     else:
         rows, images = folder_rows(source, args.salt)
         image_at = images.__getitem__

@@ -30,12 +30,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mammodino.errors import MammodinoError
-    from mammodino.preprocess.sheet import contact_sheet, pick_rows, read_manifest
+    from mammodino.preprocess.cache import read_manifest
+    from mammodino.preprocess.sheet import contact_sheet, pick_rows
 
     out = Path(args.out)
-    if not (out / "manifest.csv").is_file():
-        raise MammodinoError(f"{out} has no manifest.csv; run `mammodino prepare SRC {out}` first")
-    rows = read_manifest(out)
+    rows = read_manifest(
+        out, required=("image", "mask", "source", "view", "flipped", "mask_fraction")
+    )
     errors = (
         (out / "errors.csv").read_text().count("\n") - 1 if (out / "errors.csv").exists() else 0
     )

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mammodino.eval.recipes import convert_labels
+    from mammodino.labels.convert import convert_labels
 
     n = convert_labels(args.dataset, args.src, args.output)
     print(f"{args.dataset}: {n} rows -> {args.output}")

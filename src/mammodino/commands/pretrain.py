@@ -22,9 +22,6 @@ import sys
 from pathlib import Path
 
 HELP = "pretrain a ViT with MammoDINO (self-supervised) from a prepared cache or image folder"
-# Keep buffers above 128 KiB mapped instead of returning them to the kernel after each step: the
-# 65536-wide head logits are ~100 MB and were page-faulted in again every step (REFERENCES.md).
-MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,14 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
 
-def _reexec_with_malloc_tunables() -> None:
-    """Restart this command with GLIBC_TUNABLES set (CPU training on glibc Linux only)."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    invoked_as_cli = len(sys.argv) > 1 and sys.argv[1] == "pretrain"
-    if "mmap_threshold" in tunables or not sys.platform.startswith("linux") or not invoked_as_cli:
-        return
-    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, MALLOC_TUNABLES])))
-    os.execve(sys.executable, [sys.executable, "-m", "mammodino", *sys.argv[1:]], env)
+def _reexec_with_malloc_tunables(tunables: str) -> None:
+    """Restart this command with GLIBC_TUNABLES set (when run as `mammodino pretrain`)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "pretrain":
+        env = dict(os.environ, GLIBC_TUNABLES=tunables)
+        os.execve(sys.executable, [sys.executable, "-m", "mammodino", *sys.argv[1:]], env)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,12 +58,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mammodino.train.distributed_trainer import train  # torchrun: DDP/FSDP2; else 1 process
-    from mammodino.train.hardware import resolve_hardware_defaults
+    from mammodino.train.hardware import malloc_tunables, resolve_hardware_defaults
     from mammodino.train.loop import resolve_device
 
     device = resolve_device(str(cfg.train.device))
-    if device.type == "cpu" and cfg.train.malloc_tunables:
-        _reexec_with_malloc_tunables()
+    tunables = malloc_tunables(cfg, device, os.environ.get("GLIBC_TUNABLES", ""))
+    if tunables is not None:
+        _reexec_with_malloc_tunables(tunables)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     for line in resolve_hardware_defaults(cfg, device):  # also written to RUN/config.yaml
         if main_rank:

@@ -18,7 +18,6 @@ Keys come from `MixedSampler` (data/mixed_sampler.py), which fixes the DBT share
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ import cv2
 import numpy as np
 import torch.utils.data
 
-from mammodino.data.dataset import ImageRecord, PretrainDataset, read_mask, read_pixels
 from mammodino.data.dbt_pairs import (
     draw_slice_pair,
     max_slice_offset,
@@ -36,11 +34,18 @@ from mammodino.data.dbt_pairs import (
     render_slice_pair,
     tissue_slice_range,
 )
+from mammodino.data.image_dataset import ImageRecord, PretrainDataset, read_cached_pixels
 from mammodino.data.mixed_sampler import FFDM, MixedSampler, dbt_per_batch, decode_key
-from mammodino.data.sampler import split_key
+from mammodino.data.resumable_sampler import split_key
 from mammodino.data.tissue_crops import TissueMap
 from mammodino.data.transform import PretrainTransform
-from mammodino.errors import ConfigError, MammoReadError
+from mammodino.errors import CacheError, ConfigError
+from mammodino.preprocess.cache import (
+    manifest_file,
+    read_cached_image,
+    read_cached_mask,
+    read_manifest,
+)
 
 # Reconstructions without a stated spacing: 1 mm is what DBT vendors reconstruct at.
 DEFAULT_SLICE_SPACING_MM = 1.0
@@ -79,9 +84,7 @@ class DbtSettings:
 
 def split_manifest(folder: Path) -> tuple[list[ImageRecord], list[VolumeRecord]]:
     """FFDM image records and DBT volume records of a prepared cache (volumes in id order)."""
-    path = folder / "manifest.csv"
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_manifest(folder)
     images: list[ImageRecord] = []
     grouped: dict[str, list[dict[str, str]]] = {}
     for row in rows:
@@ -89,15 +92,15 @@ def split_manifest(folder: Path) -> tuple[list[ImageRecord], list[VolumeRecord]]
         if volume and int(row.get("slice_count") or 1) > 1:
             grouped.setdefault(volume, []).append(row)
         else:
-            images.append(ImageRecord(row["id"], folder / row["image"], folder / row["mask"]))
+            images.append(ImageRecord.from_row(folder, row))
     volumes = []
     for volume_id in sorted(grouped):
         slices = sorted(grouped[volume_id], key=lambda r: int(r["slice_index"]))
         indices = [int(r["slice_index"]) for r in slices]
         if indices != list(range(int(slices[0]["slice_count"]))):
-            raise ConfigError(
-                f"{path}: DBT volume {volume_id} lists slices {indices[:3]}... of "
-                f"{slices[0]['slice_count']}; rerun prepare to complete it"
+            raise CacheError(
+                f"{manifest_file(folder)}: DBT volume {volume_id} lists slices {indices[:3]}... of "
+                f"{slices[0]['slice_count']} (rerun `mammodino prepare` to complete it)"
             )
         spacing = float(slices[0].get("slice_spacing_mm") or DEFAULT_SLICE_SPACING_MM)
         volumes.append(
@@ -120,9 +123,7 @@ def slice_tissue_contrast(slices: Sequence[Path], mask: np.ndarray) -> list[floa
     contrast = []
     inside = None
     for path in slices:
-        pixels = cv2.imread(str(path), cv2.IMREAD_REDUCED_GRAYSCALE_8)
-        if pixels is None:
-            raise MammoReadError(path, "DBT slice not readable", "rerun prepare")
+        pixels = read_cached_image(path, preview=True)
         if inside is None or inside.shape != pixels.shape:
             size = (pixels.shape[1], pixels.shape[0])
             inside = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) > 0
@@ -197,8 +198,8 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
         d_max = max_slice_offset(record.spacing_mm, self.settings.d_max_mm)
         seed = (self.seed, epoch, volume, DBT_SEED_TAG)
         k, other = draw_slice_pair(np.random.default_rng((*seed, 0)), first, last, d_max)
-        pixels, intensity_max = read_pixels(record.slices[k])
-        partner, _ = read_pixels(record.slices[other])
+        pixels, intensity_max = read_cached_pixels(record.slices[k])
+        partner, _ = read_cached_pixels(record.slices[other])
         mask = self._mask(volume, pixels.shape)
         tissue = TissueMap.from_mask(mask, pixels, intensity_max)
         index = self.n_images + volume
@@ -219,9 +220,7 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
         if cached is not None:
             return cached
         record = self.volumes[volume]
-        mask = cv2.imread(str(record.mask), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise MammoReadError(record.mask, "DBT breast mask not readable", "rerun prepare")
+        mask = read_cached_mask(record.mask)
         means = slice_tissue_contrast(record.slices, mask)
         first, last = tissue_slice_range(means, self.settings.tissue_threshold)
         if first == last:  # a pair needs two slices: take the brighter neighbour too
@@ -235,7 +234,7 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
     def _mask(self, volume: int, shape: tuple[int, int]) -> np.ndarray:
         mask = self._masks.get(volume)
         if mask is None or mask.shape != shape:
-            mask = read_mask(self.volumes[volume].mask, shape)
+            mask = read_cached_mask(self.volumes[volume].mask, shape)
             if len(self._masks) > 64:
                 self._masks.clear()
             self._masks[volume] = mask

@@ -14,12 +14,11 @@ provided the position is a multiple of the global batch (the training loop only 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import torch.utils.data
 
-from mammodino.data.sampler import ResumableSampler, epoch_permutation, sample_key
+from mammodino.data.resumable_sampler import epoch_permutation, sample_key
 from mammodino.errors import ConfigError
 
 FFDM, DBT = 0, 1
@@ -106,17 +105,3 @@ class MixedSampler(torch.utils.data.Sampler[int]):
         while True:
             yield self.key_at(position)
             position += self.world_size
-
-
-def build_sampler(
-    dataset: Any,
-    seed: int,
-    start_index: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    batch_size: int = 1,
-) -> torch.utils.data.Sampler[int]:
-    """The sampler a data set needs: `MixedSampler` for a mixed FFDM + DBT set, else Resumable."""
-    if hasattr(dataset, "mixed_sampler"):
-        return dataset.mixed_sampler(batch_size, seed, start_index, rank, world_size)
-    return ResumableSampler(len(dataset), seed, start_index, rank, world_size)

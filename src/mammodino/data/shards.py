@@ -9,7 +9,6 @@ A shard is written to `NAME.tar.tmp` and renamed when complete, so a reader neve
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import json
@@ -24,6 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from mammodino.errors import MammodinoError
+from mammodino.preprocess.cache import read_cached_bytes, read_manifest
 
 INDEX_NAME = "shards.json"
 INDEX_FORMAT = "mammodino-shards/1"
@@ -316,19 +316,6 @@ def _meta_value(value: str) -> Any:
     return value
 
 
-def read_manifest_rows(cache_dir: str | Path) -> list[dict[str, str]]:
-    """Rows of a prepared cache's `manifest.csv`."""
-    path = Path(cache_dir) / "manifest.csv"
-    if not path.is_file():
-        raise ShardError(f"{path}: no manifest.csv (run `mammodino prepare` first)")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    for column in ("id", *_PATH_COLUMNS):
-        if rows and column not in rows[0]:
-            raise ShardError(f"{path}: manifest lacks column {column!r}")
-    return rows
-
-
 def write_shards(
     rows: Iterable[Mapping[str, str]],
     cache_dir: str | Path,
@@ -342,13 +329,8 @@ def write_shards(
     cache_dir = Path(cache_dir)
     with ShardWriter(out_dir, prefix=prefix, max_samples=max_samples, max_bytes=max_bytes) as w:
         for row in rows:
-            try:
-                image = (cache_dir / row["image"]).read_bytes()
-                mask = (cache_dir / row["mask"]).read_bytes()
-            except OSError as err:
-                raise ShardError(
-                    f"cache entry {row['id']!r}: {type(err).__name__} reading its files"
-                ) from None
+            image = read_cached_bytes(cache_dir / row["image"])
+            mask = read_cached_bytes(cache_dir / row["mask"])
             meta = {k: _meta_value(v) for k, v in row.items() if k not in _PATH_COLUMNS}
             w.write_encoded(row["id"], image, mask, meta)
         return w.close()
@@ -363,7 +345,7 @@ def shard_prepared_cache(
     shuffle_seed: int | None = 0,
 ) -> ShardIndex:
     """Write a prepared cache as shards; rows are shuffled (seeded) so each shard mixes patients."""
-    rows = read_manifest_rows(cache_dir)
+    rows = read_manifest(cache_dir, required=("id", *_PATH_COLUMNS))
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(rows))
         rows = [rows[i] for i in order]

@@ -148,12 +148,8 @@ def finetune_protocol(
 
     if not weights or not manifest:
         raise EvaluationError("--protocol finetune needs --weights and --manifest (the cache's)")
-    try:
-        from mammodino import load_backbone
-    except ImportError as err:
-        raise EvaluationError(
-            "--protocol finetune needs mammodino.load_backbone (the embed part); not installed"
-        ) from err
+    from mammodino.eval.backbone import load_backbone
+
     manifest = Path(manifest)
     if not manifest.is_file():
         raise EvaluationError(f"{manifest}: manifest not found")

@@ -10,13 +10,13 @@ backbone:
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.features import save_features
+from mammodino.preprocess.cache import cache_folder, read_cached_pair, read_manifest
 
 HIST_BINS = 16
 GLCM_LEVELS = 32
@@ -112,32 +112,17 @@ def patch_descriptors(image: np.ndarray, mask: np.ndarray, grid: int = GRID) -> 
     return np.concatenate([np.stack(stats, axis=-1), lbp_hist], axis=-1).astype(np.float32)
 
 
-def read_manifest(cache: Path) -> list[dict[str, str]]:
-    """Rows of CACHE/manifest.csv."""
-    path = cache / "manifest.csv"
-    if not path.is_file():
-        raise EvaluationError(f"{path}: no manifest (run `mammodino prepare` first)")
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def extract_handcrafted(cache: str | Path, output: str | Path) -> Path:
     """Hand-crafted features of every cache image, written as FEATS; returns the .npz path."""
-    import cv2
     from rich.console import Console
     from rich.progress import track
 
-    cache = Path(cache)
     rows = read_manifest(cache)
+    cache = cache_folder(cache)
     vectors, grids = [], []
     quiet = not Console().is_terminal  # a transient bar leaves an empty line in a log file
     for row in track(rows, description="hand-crafted features", transient=True, disable=quiet):
-        image = cv2.imread(str(cache / row["image"]), cv2.IMREAD_UNCHANGED)
-        mask = cv2.imread(str(cache / row["mask"]), cv2.IMREAD_UNCHANGED)
-        if image is None or mask is None:
-            raise EvaluationError(
-                f"{row['image']}: cache image or mask unreadable (re-run prepare)"
-            )
+        image, mask = read_cached_pair(cache, row)
         # Cache images are uint16 PNGs; scale by the dtype's range to [0, 1].
         scaled = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
         vectors.append(handcrafted_features(scaled, mask > 0))

@@ -12,7 +12,7 @@ import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.features import Features
-from mammodino.eval.splits import mias_patient_id
+from mammodino.labels.mini_mias import mias_patient_id
 
 PATH_COLUMNS = ("image", "file", "path", "image_path", "source")
 MISSING = {"", "na", "nan", "none", "null", "n/a"}

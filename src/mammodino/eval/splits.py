@@ -4,27 +4,11 @@ label-efficiency subsets of the training patients."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
-from pathlib import PurePath
 
 import numpy as np
 
 from mammodino.errors import EvaluationError
-
-_MIAS_NAME = re.compile(r"^mdb(\d{3})")
-
-
-def mias_patient_id(name: str) -> str | None:
-    """The woman a mini-MIAS image belongs to: mdb001+mdb002 -> 'mias001', ... (None if no match).
-
-    mini-MIAS stores each woman's right (odd number) and left (even number) MLO as consecutive
-    files, so patient = (NNN + 1) // 2.
-    """
-    match = _MIAS_NAME.match(PurePath(str(name)).name.lower())
-    if not match:
-        return None
-    return f"mias{(int(match.group(1)) + 1) // 2:03d}"
 
 
 def patient_folds(

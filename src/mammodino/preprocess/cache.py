@@ -1,32 +1,43 @@
-"""Prepare one source file into the cache: images, masks and its manifest rows.
+"""The prepared cache (`mammodino prepare SRC OUT`): manifest.csv, its rows and its images.
 
-Runs inside a worker process. Each finished source leaves `rows/<key>.json` (written last,
-atomically), which is how a rerun knows the source is done.
+The one module that knows the cache's layout: the manifest's name and columns, how its rows are
+read, and how a cached image (uint16 PNG) and mask (uint8 PNG, 0/255) are opened. Paths in the
+manifest are relative to the folder holding it. Every problem with a cache is one `CacheError`
+line naming the file and what to do. Cache <-> original coordinates live in
+preprocess/geometry.py and are re-exported here.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from dataclasses import dataclass
+import csv
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
-from mammodino.errors import MammoReadError
-from mammodino.io.meta import ImageMeta, MammoImage
-from mammodino.io.pseudonym import pseudonymous_id
-from mammodino.io.reader import read_image
-from mammodino.io.volumes import is_volume, mean_projection, open_volume
-from mammodino.preprocess.pipeline import (
-    PrepareSettings,
-    plan_cache,
-    render_image,
-    render_mask,
-    render_pectoral,
-    write_png_atomic,
-)
+import cv2
+import numpy as np
 
+from mammodino.errors import CacheError
+from mammodino.preprocess.geometry import CacheGeometry, cache_to_original, original_to_cache
+
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "MANIFEST_NAME",
+    "REQUIRED_COLUMNS",
+    "CacheGeometry",
+    "cache_folder",
+    "cache_to_original",
+    "is_prepared_cache",
+    "manifest_file",
+    "original_to_cache",
+    "read_cached_bytes",
+    "read_cached_float",
+    "read_cached_image",
+    "read_cached_mask",
+    "read_cached_pair",
+    "read_manifest",
+]
+
+MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = [
     "id",
     "source",
@@ -61,148 +72,89 @@ MANIFEST_COLUMNS = [
     "slice_count",
     "slice_spacing_mm",
 ]
-MINI_MIAS_NAME = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
-PATIENT_RULES = ("auto", "none", "mini-mias")
+REQUIRED_COLUMNS = ("id", "image", "mask")  # what every reader needs: the rest is optional
+_RERUN = "rerun `mammodino prepare`"
 
 
-@dataclass(frozen=True)
-class SourceTask:
-    """One file to prepare and everything a worker needs to name its outputs."""
-
-    path: str  # absolute
-    source: str  # relative to SRC: what the manifest shows
-    out: str
-    settings: PrepareSettings
-    salt: str | None
-    patient_key: str = ""  # from --patients CSV; '' when not given
-    patient_rule: str = "auto"
+def manifest_file(cache: str | Path) -> Path:
+    """The manifest of a cache named by its folder, or by the manifest (any .csv) itself."""
+    path = Path(cache)
+    return path if path.suffix == ".csv" else path / MANIFEST_NAME
 
 
-def source_key(source: str, salt: str | None) -> str:
-    """Pseudonymous key of a source path: names its outputs and its row file."""
-    return pseudonymous_id(f"source:{source}", salt)
+def cache_folder(cache: str | Path) -> Path:
+    """The folder the manifest's paths are relative to."""
+    return manifest_file(cache).parent
 
 
-def row_file(out: str | Path, key: str) -> Path:
-    """Where a finished source's manifest rows are kept."""
-    return Path(out) / "rows" / f"{key}.json"
+def is_prepared_cache(cache: str | Path) -> bool:
+    """True when `cache` is a folder holding a manifest, or a manifest file."""
+    return manifest_file(cache).is_file()
 
 
-def _patient(task: SourceTask, meta: ImageMeta) -> tuple[str, str]:
-    """(pseudonymous patient id, where its key came from)."""
-    if meta.patient_key:
-        return pseudonymous_id(f"patient:{meta.patient_key}", task.salt), "dicom"
-    if task.patient_key:
-        return pseudonymous_id(f"patient:{task.patient_key}", task.salt), "csv"
-    match = MINI_MIAS_NAME.match(Path(task.source).stem)
-    if match and task.patient_rule in ("auto", "mini-mias"):
-        # mini-MIAS stores each woman's right (odd) and left (even) MLO as consecutive numbers.
-        pair = (int(match.group(1)) + 1) // 2
-        return pseudonymous_id(f"patient:mini-mias-{pair}", task.salt), "rule"
-    return pseudonymous_id(f"patient:{task.source}", task.salt), "image"
-
-
-def _fmt(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
-def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
-    """Prepare every frame of one file; returns its manifest rows (raises MammoReadError)."""
-    out = Path(task.out)
-    key = source_key(task.source, task.salt)
-    volume = open_volume(task.path) if is_volume(task.path) else None
-    n_frames = volume.n_slices if volume else 1
-    centre = n_frames // 2
-
-    def read(index: int | None) -> MammoImage:
-        # One slice decoded at a time: a DBT volume is never held whole in memory.
-        if volume is None:
-            return read_image(task.path, voi=task.settings.voi)
-        return volume.read_slice(index, task.settings.voi)
-
-    first = read(centre)
-    meta = first.meta
-    # A volume's one mask comes from a projection: tissue at the skin line may sit in few slices.
-    planning = mean_projection(volume, task.settings.voi) if volume else first.pixels
-    plan = plan_cache(task.path, planning, task.settings)
-    g = plan.geometry
-    mask = render_mask(plan.mask, g)
-    mask_rel = f"masks/{key}.png"
-    write_png_atomic(out / mask_rel, mask)
-    patient_id, patient_source = _patient(task, meta)
-    named_by = "header" if meta.source_format == "dicom" else "file name"
-    laterality, laterality_source = meta.laterality, named_by if meta.laterality else "image"
-    if not laterality:
-        # Standard hanging puts a right breast's chest wall on the right of the image.
-        laterality = "R" if g.flipped else "L"
-    spacing = meta.spacing_mm[0] if meta.spacing_mm else None
-    common = {
-        "source": task.source,
-        "mask": mask_rel,
-        "laterality": laterality,
-        "view": meta.view,
-        **g.as_row(),
-        "cache_height": g.cache_height,
-        "cache_width": g.cache_width,
-        "patient_id": patient_id,
-        "patient_source": patient_source,
-        "laterality_source": laterality_source,
-        "spacing_mm": spacing,
-        "cache_spacing_mm": spacing / g.scale_y if spacing else None,
-        "manufacturer": meta.manufacturer,
-        "presentation_intent": meta.presentation_intent,
-        "bits_stored": meta.bits_stored,
-        "source_format": meta.source_format,
-        "mask_fraction": float((mask > 0).mean()),
-    }
-    rows = []
-    for index in range(n_frames):
-        frame = first if index == centre else read(index)
-        image = render_image(frame.pixels, g)
-        image_id = key if n_frames == 1 else f"{key}-{index:03d}"
-        image_rel = f"images/{image_id}.png"
-        write_png_atomic(out / image_rel, image)
-        pectoral_rel = ""
-        if task.settings.pectoral and meta.view in ("MLO", "ML", "") and n_frames == 1:
-            pectoral_rel = f"pectoral/{image_id}.png"
-            write_png_atomic(out / pectoral_rel, render_pectoral(image, mask))
-        row = {"id": image_id, "image": image_rel, "pectoral": pectoral_rel, **common}
-        if n_frames > 1:
-            row.update(
-                volume_id=key,
-                slice_index=index,
-                slice_count=n_frames,
-                slice_spacing_mm=meta.slice_spacing_mm,
-            )
-        rows.append({c: _fmt(row.get(c)) for c in MANIFEST_COLUMNS})
-    _write_json_atomic(row_file(out, key), rows)
+def read_manifest(
+    cache: str | Path, required: Iterable[str] = REQUIRED_COLUMNS
+) -> list[dict[str, str]]:
+    """The manifest's rows in file order (cells as text), after checking its `required` columns."""
+    path = manifest_file(cache)
+    if not path.is_file():
+        folder = path.parent
+        raise CacheError(
+            f"{folder}: no {path.name}, not a prepared cache "
+            f"(run `mammodino prepare SRC {folder}` first)"
+        )
+    try:
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = reader.fieldnames  # None for an empty file: no rows, nothing to check
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CacheError(f"{path}: manifest unreadable ({type(err).__name__}; {_RERUN})") from None
+    missing = [c for c in required if c not in columns] if columns is not None else []
+    if missing:
+        raise CacheError(f"{path}: manifest lacks columns {', '.join(missing)} ({_RERUN})")
     return rows
 
 
-def _write_json_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(rows))
-    os.replace(tmp, path)
+def read_cached_image(path: str | Path, *, preview: bool = False) -> np.ndarray:
+    """A cached image as stored (2-D uint16); `preview`: 8-bit at 1/8 size, a cheap first look."""
+    flags = cv2.IMREAD_REDUCED_GRAYSCALE_8 if preview else cv2.IMREAD_UNCHANGED
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise CacheError(f"{path}: cached image missing or unreadable ({_RERUN})")
+    if image.ndim != 2:
+        raise CacheError(f"{path}: cached image of shape {image.shape}, not 2-D ({_RERUN})")
+    return image
 
 
-def error_row(source: str, err: BaseException) -> dict[str, str]:
-    """One errors.csv line: file, error type, reason, what to do (never PHI)."""
-    if isinstance(err, MammoReadError):
-        return {
-            "file": source,
-            "error": type(err).__name__,
-            "reason": err.reason,
-            "what_to_do": err.hint,
-        }
-    # Only the type: an arbitrary exception text could carry header values.
-    return {
-        "file": source,
-        "error": type(err).__name__,
-        "reason": f"unexpected {type(err).__name__} while preparing",
-        "what_to_do": "report this file type to the mammodino developers",
-    }
+def read_cached_mask(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A cached uint8 mask (breast or pectoral), checked against its image's `shape` if given."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise CacheError(f"{path}: cached mask missing or unreadable ({_RERUN})")
+    if shape is not None and mask.shape != tuple(shape):
+        raise CacheError(f"{path}: mask {mask.shape} does not match its image {shape} ({_RERUN})")
+    return mask
+
+
+def read_cached_pair(cache: str | Path, row: Mapping[str, str]) -> tuple[np.ndarray, np.ndarray]:
+    """(image as stored, breast mask) of a manifest row; `cache` is the cache folder."""
+    folder = Path(cache)
+    image = read_cached_image(folder / row["image"])
+    return image, read_cached_mask(folder / row["mask"], image.shape)
+
+
+def read_cached_float(cache: str | Path, row: Mapping[str, str]) -> np.ndarray:
+    """A manifest row's cached image as float32 in [0, 1] (scaled by its dtype's full range)."""
+    image = read_cached_image(Path(cache) / row["image"])
+    return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+
+
+def read_cached_bytes(path: str | Path) -> bytes:
+    """A cached file's stored bytes (shards copy PNGs as they are, without re-encoding)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise CacheError(
+            f"{path}: cached file unreadable ({type(err).__name__}; {_RERUN})"
+        ) from None

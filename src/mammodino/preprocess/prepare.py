@@ -23,15 +23,15 @@ from mammodino.errors import ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import IMAGE_SUFFIXES
 from mammodino.io.volumes import is_slice_folder
-from mammodino.preprocess.cache import (
-    MANIFEST_COLUMNS,
+from mammodino.preprocess.cache import MANIFEST_COLUMNS, MANIFEST_NAME
+from mammodino.preprocess.pipeline import PrepareSettings
+from mammodino.preprocess.prepare_source import (
     SourceTask,
     error_row,
     prepare_source,
     row_file,
     source_key,
 )
-from mammodino.preprocess.pipeline import PrepareSettings
 
 ERROR_COLUMNS = ["file", "error", "reason", "what_to_do"]
 SETTINGS_FILE = "prepare_settings.json"
@@ -237,7 +237,7 @@ def run_prepare(
         if path.exists():
             rows.extend(json.loads(path.read_text()))
             prepared += 1
-    manifest = out / "manifest.csv"
+    manifest = out / MANIFEST_NAME
     _write_csv_atomic(manifest, MANIFEST_COLUMNS, rows)
     errors.sort(key=lambda e: e["file"])
     _write_csv_atomic(out / "errors.csv", ERROR_COLUMNS, errors)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from mammodino.preprocess.cache import read_cached_mask, read_cached_pair
+
 MASK_COLOUR = (0, 0, 255)  # BGR red: the breast mask outline
 PECTORAL_COLOUR = (255, 200, 0)  # BGR cyan-blue: the pectoral outline
 LABEL_COLOUR = (0, 255, 0)
-
-
-def read_manifest(out: str | Path) -> list[dict[str, str]]:
-    """Rows of OUT/manifest.csv."""
-    with open(Path(out) / "manifest.csv", newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def pick_rows(rows: list[dict[str, str]], limit: int) -> list[dict[str, str]]:
@@ -36,19 +31,17 @@ def _outline(canvas: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int])
 
 def thumbnail(out: Path, row: dict[str, str], height: int) -> np.ndarray:
     """One tile: image scaled to `height` rows (8-bit for display only), outlines, label."""
-    image = cv2.imread(str(out / row["image"]), cv2.IMREAD_UNCHANGED)
-    mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+    image, mask = read_cached_pair(out, row)
     width = max(1, round(image.shape[1] * height / image.shape[0]))
     small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     canvas = cv2.cvtColor((small // 257).astype(np.uint8), cv2.COLOR_GRAY2BGR)
     _outline(
         canvas, cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST), MASK_COLOUR
     )
-    if row.get("pectoral"):
-        muscle = cv2.imread(str(out / row["pectoral"]), cv2.IMREAD_UNCHANGED)
-        if muscle is not None:
-            small_muscle = cv2.resize(muscle, (width, height), interpolation=cv2.INTER_NEAREST)
-            _outline(canvas, small_muscle, PECTORAL_COLOUR)
+    if row.get("pectoral") and (out / row["pectoral"]).is_file():
+        muscle = read_cached_mask(out / row["pectoral"])
+        small_muscle = cv2.resize(muscle, (width, height), interpolation=cv2.INTER_NEAREST)
+        _outline(canvas, small_muscle, PECTORAL_COLOUR)
     label = Path(row["source"]).stem[:18]
     cv2.putText(canvas, label, (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, LABEL_COLOUR, 1, cv2.LINE_AA)
     return canvas

@@ -21,10 +21,9 @@ import torch
 
 from mammodino.data.streaming import merge_stream_states
 from mammodino.errors import ConfigError
-from mammodino.train import distributed as D
+from mammodino.train import parallel as D
 from mammodino.train.loop import PRECISIONS, StepResult, Trainer
 from mammodino.train.param_groups import build_optimizer, build_param_groups
-from mammodino.train.schedules import build_schedules
 
 KOLEO_MODES = ("per_rank", "gathered")
 
@@ -54,9 +53,6 @@ class DistributedTrainer(Trainer):
         show = show_progress and self.ctx.is_main
         super().__init__(cfg, output_dir, resume, dataset, show)
         optim = cfg["optim"]
-        self.global_batch *= self.ctx.world_size
-        self.schedules = build_schedules(cfg, self.global_batch)
-        self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
         optim_state = self._optimizer_state_by_name() if resume else None
         strategy = str(dist_cfg["strategy"])
         # The ViT checkpoints its own blocks (model flag set from distributed.activation_checkpointing).
@@ -90,26 +86,25 @@ class DistributedTrainer(Trainer):
 
     def save(self) -> Path:
         """Rank 0 writes the checkpoint of the whole model; every rank takes part in gathering it."""
-        student, optim_named = D.full_state_dicts(self.model.student, self.optimizer)
-        teacher, _ = D.full_state_dicts(self.model.teacher)
+        payload = self.checkpoint_state()
         path = self.ckpt.folder / f"step_{self.step:08d}.pt"
-        stream = None
-        if self.streaming:  # every rank's workers' positions, in one state
-            states = [s for s in D.all_gather_objects(Trainer._stream_state(self)) if s]
-            stream = merge_stream_states(states) if states else None
         if self.ctx.is_main:
-            self._stream_state = lambda: stream
-            # The payload is the parent's, read through whole-tensor views of the sharded state.
-            self.model.student.state_dict = lambda: student
-            self.model.teacher.state_dict = lambda: teacher
-            self.optimizer.state_dict = lambda: D.optimizer_state_by_index(optim_named)
-            try:
-                path = super().save()
-            finally:
-                del self.model.student.state_dict, self.model.teacher.state_dict
-                del self.optimizer.state_dict, self._stream_state
+            path = self.ckpt.save(payload)
         D.barrier()
         return path
+
+    def _weight_states(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Whole tensors gathered from the shards, and the optimiser in torch's own format."""
+        student, optim_named = D.full_state_dicts(self.model.student, self.optimizer)
+        teacher, _ = D.full_state_dicts(self.model.teacher)
+        # Ranks other than 0 receive empty dicts (full_state_dicts): nothing to convert there.
+        optimizer = D.optimizer_state_by_index(optim_named) if optim_named else {}
+        return student, teacher, optimizer
+
+    def _stream_state(self) -> dict[str, Any] | None:
+        """Every rank's workers' stream positions, merged into one state."""
+        states = [s for s in D.all_gather_objects(super()._stream_state()) if s]
+        return merge_stream_states(states) if states else None
 
     def _rank_and_world_size(self) -> tuple[int, int]:
         """This rank's share of the endless, deterministic sample order."""

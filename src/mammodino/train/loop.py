@@ -28,9 +28,9 @@ import torch
 import yaml
 
 from mammodino.data.collate import collate_pretrain
-from mammodino.data.mixed_sampler import build_sampler
+from mammodino.data.dataset import build_sampler
+from mammodino.data.shard_pretrain import build_streaming_pretrain_dataset, is_shard_source
 from mammodino.data.streaming import ResumableLoader, StreamingShardDataset
-from mammodino.data.streaming_pretrain import build_streaming_pretrain_dataset, is_shard_source
 from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mammodino.train.checkpoint import (
     CheckpointManager,
@@ -107,6 +107,8 @@ class Trainer:
         resolve_hardware_defaults(cfg, self.device)
         seed_everything(int(train["seed"]), bool(train["deterministic"]))
         self.model = MammoDINO(cfg).to(self.device)
+        if bool(train["compile"]):
+            self.model.compile_blocks()
         init, self.init_warmup_steps = cfg["model"]["init"], int(cfg["model"]["init_warmup_steps"])
         if init and not resume:  # on resume the checkpoint holds the weights
             self.model.init_backbones(init)
@@ -116,7 +118,8 @@ class Trainer:
         self.dtype = PRECISIONS[train["precision"]]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.accumulate = int(optim["accumulate_steps"])
-        self.global_batch = int(cfg["data"]["batch_size"]) * self.accumulate
+        world_size = self._rank_and_world_size()[1]  # every rank's micro-batches count
+        self.global_batch = int(cfg["data"]["batch_size"]) * self.accumulate * world_size
         self.schedules = build_schedules(cfg, self.global_batch)
         self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
         self.ckpt = CheckpointManager(self.out / "checkpoints", int(train["keep_checkpoints"]))
@@ -181,7 +184,7 @@ class Trainer:
             # One process: no backward through a frozen backbone at all. DDP/FSDP2 keep the
             # parameters they were built with, so there the gradients are dropped below instead.
             student["backbone"].requires_grad_(not frozen)
-        sums: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for batch in micro_batches:
             batch = {
                 k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
@@ -192,7 +195,10 @@ class Trainer:
             self.scaler.scale(losses["loss"] / n).backward()
             # Every `loss` / `loss/<term>` the model returns is logged (issue 5 adds loss/slice).
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) / n
+                value = torch.as_tensor(value).detach().to(self.device, torch.float32) / n
+                totals[key] = totals[key] + value if key in totals else value
+        # One host sync for all logged values (each float() would wait for the device).
+        sums = dict(zip(totals, torch.stack(list(totals.values())).tolist(), strict=True))
         bad_terms = [k for k, v in sums.items() if not math.isfinite(v) and k != "loss"]
         if not bad_terms and not math.isfinite(sums["loss"]):
             bad_terms = ["loss"]  # finite terms, non-finite weighted sum (an inf weight)
@@ -228,23 +234,32 @@ class Trainer:
 
     def save(self) -> Path:
         """A consolidated checkpoint of the current step (see checkpoint.py for its contents)."""
-        return self.ckpt.save(
-            {
-                "step": self.step,
-                "student": self.model.student.state_dict(),
-                "teacher": self.model.teacher.state_dict(),
-                "losses": {
-                    "dino_centering": self.model.dino_centering.state_dict(),
-                    "ibot_centering": self.model.ibot_centering.state_dict(),
-                },
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "data": self._data_state(),
-                "rng": capture_rng_state(),
-                "arch": self.model.student["backbone"].arch_dict(),
-                "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
-            }
-        )
+        return self.ckpt.save(self.checkpoint_state())
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds; the weights come from `_weight_states` and a stream's position
+        from `_stream_state`, which a distributed run overrides to gather every rank's."""
+        student, teacher, optimizer = self._weight_states()
+        return {
+            "step": self.step,
+            "student": student,
+            "teacher": teacher,
+            "losses": {
+                "dino_centering": self.model.dino_centering.state_dict(),
+                "ibot_centering": self.model.ibot_centering.state_dict(),
+            },
+            "optimizer": optimizer,
+            "scaler": self.scaler.state_dict(),
+            "data": self._data_state(),
+            "rng": capture_rng_state(),
+            "arch": self.model.student["backbone"].arch_dict(),
+            "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+        }
+
+    def _weight_states(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """State dicts of the student, the teacher and the optimiser."""
+        student, teacher = self.model.student, self.model.teacher
+        return student.state_dict(), teacher.state_dict(), self.optimizer.state_dict()
 
     def _load(self, payload: dict[str, Any]) -> None:
         changed = changed_keys(yaml.safe_load(payload["config"]), self.cfg.to_dict())

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from mammodino.errors import ConfigError
+from mammodino.labels.mini_mias import mias_patient_id
 
 KNN_TEMPERATURE = 0.07  # DINO's k-NN evaluation weights neighbours by exp(similarity / 0.07)
 
@@ -59,8 +60,6 @@ def _patient_of(row: dict[str, str], key: str) -> str:
     """The manifest's patient id; for mini-MIAS names without one, the woman's number."""
     if row.get("patient_id"):
         return row["patient_id"]
-    from mammodino.eval.splits import mias_patient_id
-
     return mias_patient_id(key) or key
 
 

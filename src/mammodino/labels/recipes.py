@@ -1,38 +1,19 @@
-"""Benchmark recipes: each public data set's published label files -> our labels CSV.
+"""Recipes of the public screening data sets: each one's published label files -> our labels rows.
 
-Our labels CSV has one row per image (breast-level data sets: one per breast, `image` empty):
-`image` (path as the data set lays it out), `patient_id`, `laterality` (L/R), `view`, `density`
-(ACR A-D; mini-MIAS F/G/D), `birads`, `malignancy` (1/0, empty = unknown), `abnormal` (1/0),
-`lesions` (JSON shapes in original pixels, see eval/localization.py; `[]` = none, empty =
-unknown), `split` (the data set's own split where it publishes one), plus a few named extras.
-`mammodino eval` joins it to features by `image` (path suffix) or by `patient_id` + `laterality`.
+VinDr-Mammo, CBIS-DDSM, INbreast, RSNA screening, CMMD and EMBED (mini-MIAS: mini_mias.py). The
+rows' columns are those of convert.py's COLUMNS plus a few named extras.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from mammodino.errors import LabelsError
-from mammodino.eval.recipe_io import find_files, read_published_csv, row
-from mammodino.eval.recipes_mias import mini_mias
+from mammodino.labels.published import find_files, read_published_csv, row
 
-COLUMNS = (
-    "image",
-    "patient_id",
-    "laterality",
-    "view",
-    "density",
-    "birads",
-    "malignancy",
-    "abnormal",
-    "lesions",
-    "split",
-)
 ACR_LETTERS = {"1": "A", "2": "B", "3": "C", "4": "D"}
 
 
@@ -318,34 +299,3 @@ def embed(src: Path) -> list[dict[str, str]]:
             )
         )
     return out
-
-
-RECIPES: dict[str, Callable[[Path], list[dict[str, str]]]] = {
-    "vindr-mammo": vindr_mammo,
-    "cbis-ddsm": cbis_ddsm,
-    "inbreast": inbreast,
-    "rsna-screening": rsna_screening,
-    "cmmd": cmmd,
-    "embed": embed,
-    "mini-mias": mini_mias,
-}
-
-
-def convert_labels(dataset: str, src: str | Path, output: str | Path) -> int:
-    """Convert a data set's published labels to our labels CSV; returns the number of rows."""
-    if dataset not in RECIPES:
-        raise LabelsError(f"unknown data set {dataset!r}; choose one of {', '.join(RECIPES)}")
-    src = Path(src)
-    if not src.exists():
-        raise LabelsError(f"{src}: not found")
-    rows = RECIPES[dataset](src)
-    if not rows:
-        raise LabelsError(f"{src.name}: no label rows found for {dataset}")
-    columns = list(COLUMNS) + [k for k in rows[0] if k not in COLUMNS]
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with output.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return len(rows)

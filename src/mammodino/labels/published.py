@@ -1,5 +1,5 @@
-"""Reading published label files: find them under a data set folder, read their CSVs with the
-documented columns checked, and build our labels rows."""
+"""Reading a data set's published label files: find them under its folder, read their CSVs with
+the documented columns checked, and build our labels rows."""
 
 from __future__ import annotations
 

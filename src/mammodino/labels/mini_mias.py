@@ -1,4 +1,5 @@
-"""mini-MIAS labels recipe: Info.txt or labels_rows.csv -> our labels CSV rows.
+"""mini-MIAS: its labels recipe (Info.txt or labels_rows.csv -> our labels CSV rows) and which
+woman an image belongs to, which pretraining's monitor and evaluation's splits also need.
 
 Lesion circles go to numpy coordinates (row = 1023 - y: Info.txt counts y from the bottom).
 """
@@ -8,16 +9,28 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from mammodino.errors import LabelsError
-from mammodino.eval.recipe_io import find_files, read_published_csv, row
-from mammodino.eval.splits import mias_patient_id
+from mammodino.labels.published import find_files, read_published_csv, row
 
 _INFO_LINE = re.compile(
     r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)(?:\s+([BM]))?(?:\s+(\d+)\s+(\d+)\s+(\d+))?", re.IGNORECASE
 )
 MIAS_SIZE = 1024  # every mini-MIAS image is 1024 x 1024; y in Info.txt counts from the bottom
+_MIAS_NAME = re.compile(r"^mdb(\d{3})")
+
+
+def mias_patient_id(name: str) -> str | None:
+    """The woman a mini-MIAS image belongs to: mdb001+mdb002 -> 'mias001', ... (None if no match).
+
+    mini-MIAS stores each woman's right (odd number) and left (even number) MLO as consecutive
+    files, so patient = (NNN + 1) // 2.
+    """
+    match = _MIAS_NAME.match(PurePath(str(name)).name.lower())
+    if not match:
+        return None
+    return f"mias{(int(match.group(1)) + 1) // 2:03d}"
 
 
 def _mias_findings(src: Path) -> list[dict[str, str]]:
