@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mammodino.errors import ConfigError
+from mammodino.losses.soft_cross_entropy import soft_cross_entropy
 
 
 class DINOLoss(nn.Module):
@@ -46,14 +46,14 @@ class DINOLoss(nn.Module):
         batch = teacher_probs.shape[0] // n_global
         teacher = teacher_probs.float().reshape(n_global, batch, -1)
         # Sum over teacher crops once per student crop: sum_j p_j . log q_i = (sum_j p_j) . log q_i.
-        teacher_total = teacher.sum(dim=0)
+        teacher_total = teacher.sum(dim=0, keepdim=True)
         total = student_global_logits.new_zeros((), dtype=torch.float32)
         n_pairs = 0
         if n_global > 1:
-            log_q = self._log_probs(student_global_logits).reshape(n_global, batch, -1)
             # Every teacher crop except the student's own view.
-            others = teacher_total.unsqueeze(0) - teacher
-            total = total - (others * log_q).sum(dim=-1).mean(dim=-1).sum()
+            others = teacher_total - teacher
+            logits = student_global_logits.reshape(n_global, batch, -1)
+            total = total + soft_cross_entropy(logits, others, self.student_temp).sum() / batch
             n_pairs += n_global * (n_global - 1)
         if student_local_logits is not None and student_local_logits.numel():
             if student_local_logits.shape[0] % batch:
@@ -61,12 +61,10 @@ class DINOLoss(nn.Module):
                     f"{student_local_logits.shape[0]} local rows are not a multiple of batch {batch}"
                 )
             n_local = student_local_logits.shape[0] // batch
-            log_q = self._log_probs(student_local_logits).reshape(n_local, batch, -1)
-            total = total - (teacher_total.unsqueeze(0) * log_q).sum(dim=-1).mean(dim=-1).sum()
+            logits = student_local_logits.reshape(n_local, batch, -1)
+            loss = soft_cross_entropy(logits, teacher_total, self.student_temp)
+            total = total + loss.sum() / batch
             n_pairs += n_local * n_global
         if n_pairs == 0:
             raise ConfigError("the DINO loss needs 2 global crops or at least one local crop")
         return total / n_pairs
-
-    def _log_probs(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(logits.float() / self.student_temp, dim=-1)

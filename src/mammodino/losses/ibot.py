@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mammodino.errors import ConfigError
+from mammodino.losses.soft_cross_entropy import soft_cross_entropy
 
 
 class IBOTPatchLoss(nn.Module):
@@ -46,12 +46,11 @@ class IBOTPatchLoss(nn.Module):
                 f"{student_logits.shape[0]} student and {teacher_probs.shape[0]} teacher rows for "
                 f"{n_masked} masked tokens"
             )
-        per_image = masks.sum(dim=-1)
-        n_images = int((per_image > 0).sum())
-        if n_images == 0:
+        if n_masked == 0:
             return student_logits.sum() * 0.0
-        log_q = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        token_loss = -(teacher_probs.float() * log_q).sum(dim=-1)
+        per_image = masks.sum(dim=-1)
+        n_images = (per_image > 0).sum()  # a tensor: no second host sync
+        token_loss = soft_cross_entropy(student_logits, teacher_probs, self.student_temp)
         # Weight of each masked token: 1/n_b of its image, rows in the order of masks[masks].
         weights = (1.0 / per_image.clamp(min=1).float()).unsqueeze(-1).expand_as(masks)[masks]
         return (token_loss * weights).sum() / n_images

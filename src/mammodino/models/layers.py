@@ -100,9 +100,19 @@ class DropPath(nn.Module):
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
+        # The keep probability as a tensor too, for compiled blocks (`train.compile`): a float
+        # attribute is a constant torch.compile specialises on, so every block's rate would be a
+        # graph of its own; a buffer is an input of one shared graph. Not saved in state dicts.
+        self.register_buffer("keep_prob", torch.tensor(1.0 - p), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Identity in eval mode; else keep each sample's branch with probability 1-p, scaled."""
+        if torch.compiler.is_compiling():
+            if not self.training:
+                return x
+            shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+            mask = torch.rand(shape, device=x.device) < self.keep_prob  # float32: exact at p = 0
+            return x * (mask / self.keep_prob).to(x.dtype)
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p

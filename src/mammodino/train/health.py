@@ -39,7 +39,10 @@ def prototypes_used(teacher_probs: torch.Tensor) -> torch.Tensor:
     """Number of distinct argmax prototypes over the rows of [n, K] (0 for no rows)."""
     if teacher_probs.numel() == 0:
         return torch.zeros((), dtype=torch.float32)
-    return torch.tensor(float(torch.unique(teacher_probs.argmax(dim=-1)).numel()))
+    # A flag per prototype instead of torch.unique: stays on the device (no host sync).
+    used = torch.zeros(teacher_probs.shape[-1], dtype=torch.bool, device=teacher_probs.device)
+    used[teacher_probs.argmax(dim=-1)] = True
+    return used.sum().float()
 
 
 @torch.no_grad()
@@ -56,19 +59,20 @@ def student_teacher_agreement(
     """
     batch = teacher_probs.shape[0] // n_global
     teacher = teacher_probs.argmax(dim=-1).reshape(n_global, batch)
-    matches, pairs = 0.0, 0
+    # Counts stay on the device: no host sync per step (issue 14).
+    matches, pairs = torch.zeros((), device=teacher.device), 0
     student_global = student_global_logits.argmax(dim=-1).reshape(n_global, batch)
     for i in range(n_global):
         for j in range(n_global):
             if i != j:
-                matches += float((student_global[i] == teacher[j]).float().sum())
+                matches = matches + (student_global[i] == teacher[j]).sum()
                 pairs += batch
     if student_local_logits is not None and student_local_logits.numel():
         local = student_local_logits.argmax(dim=-1).reshape(-1, batch)
         for j in range(n_global):
-            matches += float((local == teacher[j]).float().sum())
+            matches = matches + (local == teacher[j]).sum()
             pairs += local.numel()
-    return torch.tensor(matches / pairs if pairs else 0.0)
+    return (matches / pairs if pairs else matches).float()
 
 
 @torch.no_grad()
@@ -81,13 +85,13 @@ def cls_spread(cls: torch.Tensor) -> dict[str, torch.Tensor]:
     std = x.std(dim=0).mean()
     centred = x - x.mean(dim=0, keepdim=True)
     singular = torch.linalg.svdvals(centred)
-    total = singular.sum()
-    # Rows are unit vectors: spread below 1e-4 is rounding of equal rows, a single point.
-    if float(singular.max()) <= 1e-4:
-        return {"cls/std": std, "cls/effective_rank": torch.ones((), dtype=torch.float32)}
-    p = singular / total
+    p = singular / singular.sum().clamp_min(1e-30)
     entropy = -(p * p.clamp_min(1e-30).log()).sum()
-    return {"cls/std": std, "cls/effective_rank": entropy.exp()}
+    # Rows are unit vectors: spread below 1e-4 is rounding of equal rows, a single point. (A
+    # `where`, not an `if`: no host sync per step.)
+    single_point = singular.max() <= 1e-4
+    rank = torch.where(single_point, torch.ones_like(entropy), entropy.exp())
+    return {"cls/std": std, "cls/effective_rank": rank}
 
 
 @dataclass

@@ -101,13 +101,31 @@ class MammoDINO(nn.Module):
         self.dino_loss = DINOLoss(float(dino["student_temp"]))
         self.ibot_loss = IBOTPatchLoss(float(dino["student_temp"]))
         self.koleo_loss = KoLeoLoss()
-        # Teacher argmax prototypes since the last log line (dino/prototypes_used_window).
-        self.prototypes_seen: set[int] = set()
+        # Teacher argmax prototypes since the last log line (dino/prototypes_used_window): a flag
+        # per prototype on the device, so that no step waits for the host to read argmaxes.
+        self.prototypes_seen: torch.Tensor | None = None
 
     @property
     def depth(self) -> int:
         """Number of transformer blocks (for layer-wise lr decay)."""
         return len(self.student["backbone"].blocks)
+
+    def compile_blocks(self) -> int:
+        """`torch.compile` every transformer block of student and teacher (`train.compile`).
+
+        Blocks are where the elementwise work of a step lives (layer norms, LayerScale, residual
+        adds, GELU around the matmuls); compiled, each runs as a few fused kernels. Module-level
+        compilation keeps parameter names, so checkpoints and EMA are unchanged. Heads are left
+        eager: their row count (masked tokens) changes every step. Returns the blocks compiled.
+        """
+        import torch._dynamo
+
+        # A block that cannot be compiled here (no C++ compiler, unsupported op) runs eagerly.
+        torch._dynamo.config.suppress_errors = True
+        blocks = [*self.student["backbone"].blocks, *self.teacher["backbone"].blocks]
+        for block in blocks:
+            block.compile()
+        return len(blocks)
 
     def init_backbones(self, source: str | Path) -> list[str]:
         """Start student and teacher backbones from a file (ours, DINOv2 hub, HF folder, timm).
@@ -209,8 +227,8 @@ class MammoDINO(nn.Module):
 
     def pop_prototypes_seen(self) -> int:
         """Distinct teacher argmax prototypes since the last call (the loop calls it per log)."""
-        seen, self.prototypes_seen = self.prototypes_seen, set()
-        return len(seen)
+        seen, self.prototypes_seen = self.prototypes_seen, None
+        return 0 if seen is None else int(seen.sum())
 
     @torch.no_grad()
     def health(
@@ -218,7 +236,9 @@ class MammoDINO(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Learning-health signals of one micro-batch (train/health.py)."""
         probs = teacher["dino_probs"]
-        self.prototypes_seen.update(probs.argmax(dim=-1).tolist())
+        if self.prototypes_seen is None:
+            self.prototypes_seen = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
+        self.prototypes_seen[probs.argmax(dim=-1)] = True
         agreement = student_teacher_agreement(
             probs, student["global_logits"], n_global, student["local_logits"]
         )
