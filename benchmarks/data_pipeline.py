@@ -34,14 +34,10 @@ from mammodino.data.augment import augment_intensity, draw_vflip, vflip
 from mammodino.data.dataset import build_pretrain_dataset
 from mammodino.data.image_dataset import PretrainDataset, read_cached_pixels
 from mammodino.data.resumable_sampler import ResumableSampler, split_key
-from mammodino.data.tissue_crops import (
-    SAMPLERS,
-    random_resized_crop_box,
-    resize_crop,
-    sample_crop_box,
-)
+from mammodino.data.tissue_crops import random_resized_crop_box, resize_crop, sample_crop_box
 from mammodino.data.tissue_masking import block_mask
 from mammodino.data.transform import PretrainTransform, sample_rngs
+from mammodino.settings import CROP_SAMPLERS
 
 
 class PlainPipeline:
@@ -70,7 +66,7 @@ class PlainPipeline:
         c, a, m = self.transform.crops, self.transform.augment, self.transform.masking
         height, width = pixels.shape
         scale = np.float32(1.0 / intensity_max)
-        grid = c.global_size // c.patch_size
+        grid = c.global_size // self.transform.patch_size
         globals_, masks = [], []
         for i in range(c.n_global):
             box = random_resized_crop_box(crop_rng, height, width, c.global_scale, c.ratio)
@@ -141,7 +137,7 @@ def acceptance(cfg: Any, draws_per_image: int, epochs: int) -> None:
         "local": (c.local_scale, c.local_min_tissue),
     }
     rng = np.random.default_rng(0)
-    fractions = {(kind, sampler): [] for kind in kinds for sampler in SAMPLERS}
+    fractions = {(kind, sampler): [] for kind in kinds for sampler in CROP_SAMPLERS}
     for index in range(len(dataset)):
         _, _, tissue = dataset.load(index)
         for (kind, sampler), values in fractions.items():

@@ -20,6 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mammodino.preprocess.cache import read_manifest
+
 TASKS = ("lesion_in_slice", "density")
 
 
@@ -34,23 +36,22 @@ def slice_labels(phantom: Path, cache: Path) -> list[dict[str, str]]:
                 span = (int(row["slice_start"]), int(row["slice_end"]))
                 spans.setdefault(row["file"], []).append(span)
     rows = []
-    with (cache / "manifest.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            source = row["source"]
-            if not row.get("volume_id") or source not in labels:
-                continue
-            index = int(row["slice_index"])
-            inside = any(a <= index <= b for a, b in spans.get(source, []))
-            rows.append(
-                {
-                    "id": row["id"],
-                    "source": source,
-                    "patient_id": row["patient_id"],
-                    "slice_index": str(index),
-                    "lesion_in_slice": str(int(inside)),
-                    "density": labels[source]["density"],
-                }
-            )
+    for row in read_manifest(cache):
+        source = row["source"]
+        if not row.get("volume_id") or source not in labels:
+            continue
+        index = int(row["slice_index"])
+        inside = any(a <= index <= b for a, b in spans.get(source, []))
+        rows.append(
+            {
+                "id": row["id"],
+                "source": source,
+                "patient_id": row["patient_id"],
+                "slice_index": str(index),
+                "lesion_in_slice": str(int(inside)),
+                "density": labels[source]["density"],
+            }
+        )
     return rows
 
 

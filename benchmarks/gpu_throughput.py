@@ -36,6 +36,7 @@ from torch.utils import flop_counter
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
 from mammodino.models.vit import build_vit
+from mammodino.settings import Settings
 from mammodino.train.ema import ema_update
 from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.param_groups import build_optimizer, build_param_groups
@@ -121,6 +122,7 @@ def backbone_step(
     checkpointing: bool,
     dtype: torch.dtype,
     tiny: bool = False,
+    compile_blocks: bool = False,
 ) -> Callable[[], None]:
     """A ViT training step on random 1-channel global crops."""
     kwargs = {"patch_size": 14, "in_chans": 1, "num_register_tokens": 4, "drop_path_rate": 0.0}
@@ -128,6 +130,9 @@ def backbone_step(
         kwargs.update(embed_dim=64, depth=2, num_heads=2)
     model = build_vit(arch, img_size=size, activation_checkpointing=checkpointing, **kwargs)
     model = model.to(device).train()
+    if compile_blocks:  # as train.compile does it (MammoDINO.compile_blocks)
+        for block in model.blocks:
+            block.compile()
     fused = device.type in ("cuda", "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.04, fused=fused)
     x = torch.rand(batch, 1, size, size, device=device)
@@ -171,15 +176,17 @@ def ssl_step(
     checkpointing: bool,
     dtype: torch.dtype,
     tiny: bool,
+    compile_blocks: bool = False,
 ) -> tuple[Callable[[], None], int]:
     """The production MammoDINO step of a preset (teacher, student, losses, AdamW, EMA)."""
     overrides = [f"distributed.activation_checkpointing={str(checkpointing).lower()}"]
     cfg = load_config(preset=preset, overrides=overrides + (TINY_SSL if tiny else []))
     batch = batch or int(cfg["data"]["batch_size"])
     model = MammoDINO(cfg).to(device).train()
-    opt = build_optimizer(
-        build_param_groups(model.student, cfg["optim"], model.depth), cfg["optim"]
-    )
+    if compile_blocks:
+        model.compile_blocks()
+    optim = Settings.from_config(cfg).optim
+    opt = build_optimizer(build_param_groups(model.student, optim, model.depth), optim.betas)
     for group in opt.param_groups:
         group["lr"], group["weight_decay"] = 1e-4, 0.04
     data = synthetic_batch(cfg, batch, device)
@@ -243,12 +250,14 @@ def run_setting(name: str, mode: str, args: argparse.Namespace, device: torch.de
         try:
             if mode == "backbone":
                 step = backbone_step(
-                    arch, size, batch, device, args.checkpointing, args.dtype, args.tiny
-                )
+                    arch, size, batch, device, args.checkpointing, args.dtype, args.tiny,
+                    args.compile,
+                )  # fmt: skip
             else:
                 step, batch = ssl_step(
-                    preset, ssl_batch, device, args.checkpointing, args.dtype, args.tiny
-                )
+                    preset, ssl_batch, device, args.checkpointing, args.dtype, args.tiny,
+                    args.compile,
+                )  # fmt: skip
             flops = count_flops(step)
             seconds = time_steps(step, device, args.steps, args.repeats)
             break
@@ -266,6 +275,7 @@ def run_setting(name: str, mode: str, args: argparse.Namespace, device: torch.de
         "global_size": size,
         "batch": batch,
         "checkpointing": args.checkpointing,
+        "compile": args.compile,
         "step_s": seconds,
         "samples_per_s": batch / seconds,
         "model_tflop_per_step": flops / 1e12,
@@ -283,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tiny", action="store_true", help="tiny ViTs at 28-56 px, 2 steps (CPU check)"
     )
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile each block (as train.compile)"
+    )
     parser.add_argument("--ssl-batch", type=int, default=None, help="default: the preset's")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)

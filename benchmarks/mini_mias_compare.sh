@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # Real-data comparison on mini-MIAS (issue 13, acceptance 1): tiny-cpu MammoDINO vs the plain
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
-#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES]
+#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS]
 # Both pretraining runs make the same number of steps (tiny-cpu: 600) with the same budget of
 # MINUTES each. With 2 or more cores they run side by side, each pinned to its own core with one
 # thread: as fast per run as one run on both cores (small ViTs do not scale past one thread) and
 # twice the throughput. Unpinned, two PyTorch thread pools spin against each other (~3x slower).
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes
 # from its last checkpoint). Features of a peer's run in WORK/feats/NAME (benchmarks/peer_lightly.py)
-# are evaluated with the same probes. Needs ../shared/data/mini-mias.
+# are evaluated with the same probes. SEEDS (default "0") repeats both pretrainings with each
+# train.seed (runs of seed N > 0 are named RECIPE-seedN); with several seeds the last table gives
+# each recipe's mean and standard deviation over seeds. Needs ../shared/data/mini-mias.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}
 MINUTES=${2:-30}
+SEEDS=${3:-0}
 MIAS=../shared/data/mini-mias
 BIN=.venv/bin/mammodino
 [ -d "$MIAS" ] || { echo "mini-MIAS not found at $MIAS (see ../shared/data/README.md)"; exit 2; }
@@ -25,28 +28,36 @@ common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.sourc
         "monitor.labels=$MIAS/labels_per_image.csv" "optim.max_minutes=$MINUTES")
 declare -A recipe=([mammodino]="" [dinov2-recipe]="crops.sampler=random masking.mode=random dbt.slice_loss_weight=0")
 cores=$(nproc)
-pretrain() {  # NAME CORE
-  local name=$1 core=$2 run="$WORK/runs/$1" pin=()
+run_name() { [ "$2" = 0 ] && echo "$1" || echo "$1-seed$2"; }  # RECIPE SEED
+pretrain() {  # RECIPE SEED CORE
+  local name=$1 seed=$2 core=$3 pin=()
+  local run="$WORK/runs/$(run_name "$name" "$seed")"
   [ -f "$run/done" ] && return 0
   local resume=(); [ -f "$run/checkpoints/last.pt" ] && resume=(--resume)
   [ "$cores" -ge 2 ] && pin=(taskset -c "$core" env OMP_NUM_THREADS=1)
   # shellcheck disable=SC2086
   "${pin[@]}" $BIN pretrain "${common[@]}" --output-dir "$run" "${resume[@]}" ${recipe[$name]} \
-    data.num_workers=0 > "$run.log" 2>&1
+    data.num_workers=0 "train.seed=$seed" > "$run.log" 2>&1
   touch "$run/done"
 }
-if [ "$cores" -ge 2 ]; then
-  pretrain mammodino 0 & first=$!
-  pretrain dinov2-recipe 1 & second=$!
-  wait $first; wait $second
-else
-  pretrain mammodino 0
-  pretrain dinov2-recipe 0
-fi
+for seed in $SEEDS; do
+  if [ "$cores" -ge 2 ]; then
+    pretrain mammodino "$seed" 0 & first=$!
+    pretrain dinov2-recipe "$seed" 1 & second=$!
+    wait $first; wait $second
+  else
+    pretrain mammodino "$seed" 0
+    pretrain dinov2-recipe "$seed" 0
+  fi
+done
 
-declare -A weights=([mammodino]="$WORK/runs/mammodino" [dinov2-recipe]="$WORK/runs/dinov2-recipe"
-                    [random-init]="random:vit_tiny/16")
-for name in mammodino dinov2-recipe random-init; do
+declare -A weights=([random-init]="random:vit_tiny/16")
+for seed in $SEEDS; do
+  for name in mammodino dinov2-recipe; do
+    weights[$(run_name $name "$seed")]="$WORK/runs/$(run_name $name "$seed")"
+  done
+done
+for name in "${!weights[@]}"; do
   [ -f "$WORK/feats/$name/features.npz" ] || $BIN embed --weights "${weights[$name]}" \
     --image-size 128 --input "$WORK/cache" --output "$WORK/feats/$name" --patch-grid --no-progress
 done

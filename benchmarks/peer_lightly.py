@@ -513,6 +513,7 @@ def run_speed(args: argparse.Namespace, cfg: Any, peer: dict[str, Any]) -> dict[
             f"{cfg.model.arch} patch {cfg.model.patch_size}, {cfg.crops.n_global} x "
             f"{cfg.crops.global_size} + {cfg.crops.n_local} x {cfg.crops.local_size}, batch "
             f"{batch_size}, K {cfg.heads.dino_out_dim}, {device.type} {precision}, "
+            f"ours {'compiled' if cfg.train.compile else 'eager'}, "
             f"{torch.get_num_threads()} threads; {args.warmup} warm-up + {args.repeats} timed "
             "steps each, alternating",
             flush=True,
@@ -548,6 +549,7 @@ def run_speed(args: argparse.Namespace, cfg: Any, peer: dict[str, Any]) -> dict[
         "device": device.type,
         "device_name": device_name(device),
         "precision": precision,
+        "compile": bool(cfg.train.compile),
         "threads": torch.get_num_threads(),
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
         "repeats": args.repeats,
@@ -590,7 +592,9 @@ def reexec_with_malloc_tunables(cfg: Any, device: torch.device) -> None:
     both recipes then run in the allocator setting of our CLI."""
     from mammodino.train.hardware import malloc_tunables
 
-    tunables = malloc_tunables(cfg, device, os.environ.get("GLIBC_TUNABLES", ""))
+    tunables = malloc_tunables(
+        cfg.train.malloc_tunables, device, os.environ.get("GLIBC_TUNABLES", "")
+    )
     if tunables is None:
         return
     print("CPU: restarting with GLIBC_TUNABLES as `mammodino pretrain` sets them", flush=True)

@@ -52,14 +52,14 @@ def median_ms(function, repeats: int) -> float:
 def preprocess_once(path: Path, pixels: np.ndarray, out: Path) -> None:
     """Mask + orientation + crop (plan), resize (render) and write image and mask."""
     from mammodino.preprocess.pipeline import (
-        PrepareSettings,
+        CacheOptions,
         plan_cache,
         render_image,
         render_mask,
         write_png_atomic,
     )
 
-    plan = plan_cache(path, pixels, PrepareSettings())
+    plan = plan_cache(path, pixels, CacheOptions())
     write_png_atomic(out / "image.png", render_image(pixels, plan.geometry))
     write_png_atomic(out / "mask.png", render_mask(plan.mask, plan.geometry))
 

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mammodino.train.loop as loop  # noqa: E402
 from mammodino.config import load_config  # noqa: E402
 from mammodino.data.mixed_sampler import dbt_per_batch  # noqa: E402
+from mammodino.settings import Settings  # noqa: E402
 from mammodino.train.meta_arch import MammoDINO  # noqa: E402
 from mammodino.train.slice_objective import SliceObjective  # noqa: E402
 from train_step import synthetic_batch  # noqa: E402  (the batch shapes of the other benchmark)
@@ -44,13 +45,17 @@ CONFIGS = {
 class MammoDINOWithSlice(MammoDINO):
     """MammoDINO plus the slice-loss hook proposed for meta_arch (docs/tomosynthesis.md)."""
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
         self.slice_objective = None
-        if float(cfg["dbt"]["slice_loss_weight"]) > 0:
-            self.slice_objective = SliceObjective.from_cfg(cfg, self.student["backbone"].embed_dim)
+        if settings.dbt.slice_loss_weight > 0:
+            self.slice_objective = SliceObjective.from_settings(
+                settings.dbt,
+                settings.masking.patch_tissue_threshold,
+                self.student["backbone"].embed_dim,
+            )
             self.slice_objective.attach(self.student, self.teacher)
-            self.weights["slice"] = float(cfg["dbt"]["slice_loss_weight"])
+            self.weights["slice"] = settings.dbt.slice_loss_weight
 
     def compute_losses(self, student, teacher, batch):
         """The parent's losses plus `loss/slice` (weighted into `loss`)."""

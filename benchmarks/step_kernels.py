@@ -23,6 +23,7 @@ import json
 import tempfile
 
 import torch
+import torch._dynamo
 import torch._inductor.config
 from torch.profiler import ProfilerActivity, profile
 
@@ -106,6 +107,7 @@ def count_step(model: str, precision: str, device: str, overrides: list[str], to
                    *overrides],
     )  # fmt: skip
     batch = synthetic_batch(cfg)
+    torch._dynamo.reset()  # compiled graphs of an earlier model would fill the recompile limit
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out, dataset=[None] * cfg.data.batch_size, show_progress=False)
         values = trainer.schedules.at(trainer.schedules.total_steps // 2)

@@ -2,12 +2,16 @@
 
     python benchmarks/summarize_eval.py EVAL_DIR
 Columns: density balanced accuracy (kNN, logreg), normal/abnormal AUROC (kNN, logreg) and the
-localization hit rate, each pooled over the folds with its bootstrap 95% interval.
+localization hit rate, each pooled over the folds with its bootstrap 95% interval. Backbones
+named `RECIPE-seedN` are runs of one recipe with another seed: a second table gives each such
+recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0).
 """
 
 from __future__ import annotations
 
 import json
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -44,7 +48,28 @@ def summarize(eval_dir: Path) -> str:
         loc = json.loads(loc_path.read_text())["localization"] if loc_path.is_file() else {}
         cells.append(_cell(loc.get("hit_rate")))
         lines.append("| " + " | ".join([name, *cells]) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + _over_seeds(eval_dir, names))
+
+
+def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
+    """Mean +- standard deviation over the seeds of each recipe that has more than one."""
+    recipes: dict[str, list[str]] = {}
+    for name in names:
+        recipes.setdefault(re.sub(r"-seed\d+$", "", name), []).append(name)
+    recipes = {recipe: runs for recipe, runs in recipes.items() if len(runs) > 1}
+    if not recipes:
+        return []
+    header = ["recipe (seeds)", *[c[3] for c in COLUMNS]]
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for recipe, runs in sorted(recipes.items()):
+        cells = []
+        for task, protocol, metric, _ in COLUMNS:
+            values = [_pooled(eval_dir, f"{run}-{task}", protocol, metric) for run in runs]
+            values = [v["value"] for v in values if v]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}" if values else "-")
+        lines.append("| " + " | ".join([f"{recipe} ({len(runs)})", *cells]) + " |")
+    return lines
 
 
 if __name__ == "__main__":

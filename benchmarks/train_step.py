@@ -36,6 +36,7 @@ from mammodino.train.loop import Trainer
 MODELS = {
     "tiny-cpu": ["monitor.every=0"],
     "vits14": ["data.batch_size=8", "monitor.every=0"],
+    "vitl14": ["data.batch_size=32", "monitor.every=0"],  # GPU only (benchmarks/gpu_speed.sh)
 }
 aten = torch.ops.aten
 

@@ -40,6 +40,15 @@ def shared_data_dir(*parts: str) -> Path:
 
 # ---------------------------------------------------------------- tiny configs
 
+
+def settings_of(*overrides: str):
+    """The typed settings of the defaults plus `key=value` overrides."""
+    from mammodino.config import load_config
+    from mammodino.settings import Settings
+
+    return Settings.from_config(load_config(overrides=list(overrides)))
+
+
 # The smallest MammoDINO that trains (ViT-Tiny/8 on 32/16 px crops, 64 prototypes, in-process
 # data loading); each training test adds its schedule and the settings it is about.
 TINY_TRAIN = [

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
+from helpers import settings_of
 from mammodino.data.augment import (
-    AugmentConfig,
     adjust_brightness,
     adjust_contrast,
     adjust_gamma,
@@ -21,8 +21,10 @@ from mammodino.data.augment import (
     window_level,
 )
 from mammodino.errors import ConfigError
+from mammodino.settings import AugmentSettings
 
 DRAWS = 2000
+DEFAULTS = settings_of().augment
 OFF = {
     "brightness_p": 0.0,
     "contrast_p": 0.0,
@@ -41,12 +43,12 @@ def within_binomial(hits: int, p: float, n: int = DRAWS) -> bool:
     return abs(hits / n - p) <= 4 * math.sqrt(p * (1 - p) / n) + 1e-12
 
 
-def only(**enabled) -> AugmentConfig:
+def only(**enabled) -> AugmentSettings:
     """A config with every augmentation off except the given ones."""
-    return dataclasses.replace(AugmentConfig(), **{**OFF, **enabled})
+    return dataclasses.replace(DEFAULTS, **{**OFF, **enabled})
 
 
-def applied_share(config: AugmentConfig, kind: str, index: int, seed: int = 0) -> int:
+def applied_share(config: AugmentSettings, kind: str, index: int, seed: int = 0) -> int:
     """How many of DRAWS crops came out changed."""
     rng = np.random.default_rng(seed)
     x = np.random.default_rng(99).uniform(0.1, 0.9, (8, 8)).astype(np.float32)
@@ -90,7 +92,7 @@ def test_solarize_only_on_second_global_crop():
 
 
 def test_default_probabilities_together():
-    config = AugmentConfig()
+    config = DEFAULTS
     assert config.blur_p("global", 0) == 1.0 and config.blur_p("global", 1) == 0.1
     assert config.blur_p("global", 5) == 0.1 and config.blur_p("local", 0) == 0.5
 
@@ -124,7 +126,7 @@ def test_blur_keeps_mean_and_smooths():
 
 
 def test_outputs_stay_float32_in_unit_range():
-    config = dataclasses.replace(AugmentConfig(), noise_p=1.0, noise_std=0.5, brightness=0.9)
+    config = dataclasses.replace(DEFAULTS, noise_p=1.0, noise_std=0.5, brightness=0.9)
     rng = np.random.default_rng(2)
     x = rng.random((16, 16), dtype=np.float32)
     for i in range(200):
@@ -132,10 +134,10 @@ def test_outputs_stay_float32_in_unit_range():
         assert y.dtype == np.float32 and y.min() >= 0.0 and y.max() <= 1.0
 
 
-def test_config_from_cfg_validates():
-    config = AugmentConfig.from_cfg({"blur_p_global": [0.9, 0.2], "gamma": [0.8, 1.2]})
+def test_settings_parse_and_validate():
+    config = settings_of("augment.blur_p_global=[0.9, 0.2]", "augment.gamma=[0.8, 1.2]").augment
     assert config.blur_p_global == (0.9, 0.2) and config.gamma == (0.8, 1.2)
     with pytest.raises(ConfigError, match="probabilities"):
-        AugmentConfig.from_cfg({"noise_p": 1.5})
+        dataclasses.replace(DEFAULTS, noise_p=1.5)
     with pytest.raises(ValueError, match="crop kind"):
         augment_intensity(np.zeros((4, 4), np.float32), np.random.default_rng(0), config, "x", 0)

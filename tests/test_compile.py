@@ -13,7 +13,9 @@ from mammodino.train.meta_arch import MammoDINO
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler"),
+    pytest.mark.skipif(
+        shutil.which("cc") is None, reason="torch.compile on CPU needs a C compiler"
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ from mammodino.data.dbt_pairs import draw_slice_pair, max_slice_offset, render_s
 from mammodino.data.tissue_crops import TissueMap
 from mammodino.data.transform import PretrainTransform
 from mammodino.errors import ConfigError
+from mammodino.settings import Settings
 
 AUGMENT_PROBABILITIES = (
     "brightness_p",
@@ -66,7 +67,7 @@ def test_both_slices_get_the_same_boxes_and_independent_augmentations():
             "model.patch_size=8",
         ]
     )
-    transform = PretrainTransform.from_cfg(config)
+    transform = PretrainTransform.from_settings(Settings.from_config(config))
     rng = np.random.default_rng(1)
     volume = rng.integers(1000, 60000, (2, 64, 48)).astype(np.uint16)
     mask = np.zeros((64, 48), np.uint8)
@@ -80,7 +81,7 @@ def test_both_slices_get_the_same_boxes_and_independent_augmentations():
         **dict.fromkeys(AUGMENT_PROBABILITIES, 0.0),
         blur_p_global=(0.0,),
     )
-    plain = PretrainTransform(transform.crops, transform.masking, no_intensity)
+    plain = PretrainTransform(transform.crops, transform.masking, no_intensity, 8)
     a, b = render_slice_pair(plain, volume[0], volume[0], tissue, (0, 0, 3))
     assert torch.equal(a["global_crops"], b["global_crops"])  # same boxes and flips
     assert torch.equal(a["local_crops"], b["local_crops"])

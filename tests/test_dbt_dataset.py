@@ -56,7 +56,7 @@ def test_manifest_rows_group_into_ordered_volumes(cache):
 def test_tissue_slice_range():
     assert tissue_slice_range(CONTRAST, 0.5) == (2, 8)
     assert tissue_slice_range(CONTRAST, 0.95) == (4, 5)
-    assert tissue_slice_range([0.0, 0.0, 0.0]) == (0, 2)  # unknown: every slice
+    assert tissue_slice_range([0.0, 0.0, 0.0], 0.5) == (0, 2)  # unknown: every slice
     # Only the run around the peak counts, not a second bright island.
     assert tissue_slice_range([1.0, 0.1, 0.9, 0.8], 0.5) == (0, 0)
 

@@ -20,7 +20,7 @@ from mammodino.io.volumes import (
     mean_projection,
     open_volume,
 )
-from mammodino.preprocess.pipeline import PrepareSettings
+from mammodino.preprocess.pipeline import CacheOptions
 from mammodino.preprocess.prepare_source import SourceTask, prepare_source
 from mammodino.synth.dicom_writer import DicomMeta, write_dbt_dicom, write_ffdm_dicom
 
@@ -77,7 +77,7 @@ def test_multiframe_dicom_decodes_one_frame_per_read(tmp_path, count_decodes):
 
 def test_prepare_caches_a_volume_one_frame_at_a_time(tmp_path, count_decodes):
     path = write_dbt_dicom(tmp_path / "src" / "dbt.dcm", phantom_volume(6), dicom_meta("v", 0.5))
-    task = SourceTask(str(path), "dbt.dcm", str(tmp_path / "out"), PrepareSettings(), None)
+    task = SourceTask(str(path), "dbt.dcm", str(tmp_path / "out"), CacheOptions(), None)
     rows = prepare_source(task)
     assert [int(r["slice_index"]) for r in rows] == list(range(6))
     assert {r["slice_count"] for r in rows} == {6} and {r["slice_spacing_mm"] for r in rows} == {

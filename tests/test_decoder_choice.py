@@ -7,8 +7,8 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from mammodino.io import dicom
-from mammodino.io.dicom import preferred_plugin, read_header
+from mammodino.io.dicom_header import read_header
+from mammodino.io.dicom_pixels import decode_frame, preferred_plugin
 
 HAS_OPENJPEG = "pylibjpeg" in pydicom.pixels.get_decoder(JPEG2000).available_plugins
 
@@ -47,7 +47,7 @@ def test_mg1_decodes_with_openjpeg_to_gdcm_values(dicom_samples_dir, monkeypatch
     header = read_header(path)
     original = pydicom.pixels.pixel_array
     plugins = _record_plugins(monkeypatch)
-    pixels = dicom.decode_frame(path, header, 0)
+    pixels = decode_frame(path, header, 0)
     assert plugins == ["pylibjpeg"] and pixels.shape == (4664, 3064)
     if "gdcm" in pydicom.pixels.get_decoder(JPEG2000).available_plugins:
         reference = original(str(path), decoding_plugin="gdcm")
@@ -60,5 +60,5 @@ def test_refused_codestream_falls_back_to_the_default_plugins(dicom_samples_dir,
     path = dicom_samples_dir / "nema-wg04-MG1" / "MG1_J2KI.dcm"
     header = read_header(path)
     plugins = _record_plugins(monkeypatch, refuse="pylibjpeg")
-    pixels = dicom.decode_frame(path, header, 0)
+    pixels = decode_frame(path, header, 0)
     assert plugins == ["pylibjpeg", ""] and pixels.shape == (4664, 3064)

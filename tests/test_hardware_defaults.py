@@ -128,12 +128,11 @@ def test_progress_shows_rate_and_eta_from_the_first_step():
 
 def test_malloc_tunables_only_for_cpu_runs_that_lack_them(monkeypatch):
     monkeypatch.setattr(hardware.sys, "platform", "linux")
-    cfg = load_config()
-    assert hardware.malloc_tunables(cfg, CPU) == hardware.MALLOC_TUNABLES
-    assert hardware.malloc_tunables(cfg, CPU, "a=1") == f"a=1:{hardware.MALLOC_TUNABLES}"
-    assert hardware.malloc_tunables(cfg, CPU, hardware.MALLOC_TUNABLES) is None  # already set
-    assert hardware.malloc_tunables(cfg, torch.device("cuda")) is None
-    off = load_config(overrides=["train.malloc_tunables=false"])
-    assert hardware.malloc_tunables(off, CPU) is None
+    assert load_config().train.malloc_tunables is True  # on by default
+    assert hardware.malloc_tunables(True, CPU) == hardware.MALLOC_TUNABLES
+    assert hardware.malloc_tunables(True, CPU, "a=1") == f"a=1:{hardware.MALLOC_TUNABLES}"
+    assert hardware.malloc_tunables(True, CPU, hardware.MALLOC_TUNABLES) is None  # already set
+    assert hardware.malloc_tunables(True, torch.device("cuda")) is None
+    assert hardware.malloc_tunables(False, CPU) is None  # train.malloc_tunables=false
     monkeypatch.setattr(hardware.sys, "platform", "darwin")
-    assert hardware.malloc_tunables(cfg, CPU) is None
+    assert hardware.malloc_tunables(True, CPU) is None

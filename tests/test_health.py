@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 import torch
 
+from helpers import settings_of
 from mammodino.train.health import (
     HealthDetector,
     cls_spread,
@@ -72,6 +74,12 @@ def test_effective_rank_of_a_known_spectrum():
     assert expected == pytest.approx(1.0, abs=1e-5)
 
 
+def detector_of(n_prototypes: int, **changes) -> HealthDetector:
+    """The detector of the default `health` section with some values changed."""
+    health = dataclasses.replace(settings_of().health, **changes)
+    return HealthDetector.from_settings(health, n_prototypes)
+
+
 def _records(losses, ranks):
     return [
         {"step": 10 * (i + 1), "loss/dino": loss, "cls/effective_rank": rank}
@@ -80,7 +88,7 @@ def _records(losses, ranks):
 
 
 def test_detector_fires_once_on_a_constructed_plateau():
-    detector = HealthDetector(n_prototypes=4096, patience=5)
+    detector = detector_of(4096, patience=5)
     ln_k = math.log(4096)
     fired = [detector.update(r) for r in _records([ln_k - 0.01] * 8, [6.0] * 8)]
     kinds = [[kind for kind, _ in f] for f in fired]
@@ -91,7 +99,7 @@ def test_detector_fires_once_on_a_constructed_plateau():
 
 def test_detector_silent_on_a_healthy_run_and_rearms_after_leaving():
     ln_k = math.log(1024)
-    detector = HealthDetector(n_prototypes=1024, patience=3)
+    detector = detector_of(1024, patience=3)
     healthy = _records([ln_k * f for f in (0.999, 0.97, 0.9, 0.8, 0.7, 0.6)], [5.0] * 6)
     assert all(detector.update(r) == [] for r in healthy)
     # Back to the plateau, away, and back again: two warnings, one per episode.
@@ -101,7 +109,7 @@ def test_detector_silent_on_a_healthy_run_and_rearms_after_leaving():
 
 
 def test_detector_reports_collapse_of_the_cls_embeddings():
-    detector = HealthDetector(n_prototypes=64, patience=2, min_effective_rank=1.5)
+    detector = detector_of(64, patience=2, min_effective_rank=1.5)
     records = _records([1.0] * 3, [1.05, 1.02, 1.01])
     fired = [kind for r in records for kind, _ in detector.update(r)]
     assert fired == ["collapse"]

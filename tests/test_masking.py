@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 import pytest
 
-from mammodino.data.tissue_masking import MaskingConfig, block_mask, sample_crop_mask
+from helpers import settings_of
+from mammodino.data.tissue_masking import block_mask, sample_crop_mask
 from mammodino.errors import ConfigError
+from mammodino.settings import MaskingSettings
+
+DEFAULTS = settings_of().masking
+
+
+def masking(**changes) -> MaskingSettings:
+    """The default masking settings with some values changed."""
+    return dataclasses.replace(DEFAULTS, **changes)
 
 
 def tissue_grid(n: int = 16, tissue_cols: int = 6, seed: int | None = None) -> np.ndarray:
@@ -79,7 +89,7 @@ def test_random_mode_is_dinov2_block_masking():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_tissue_masks_never_touch_background(seed):
-    config = MaskingConfig(probability=1.0, ratio=(0.1, 0.5))
+    config = masking(probability=1.0, ratio=(0.1, 0.5))
     grid = tissue_grid(seed=seed)
     rng = np.random.default_rng(seed)
     background = (grid < config.patch_tissue_threshold).reshape(-1)
@@ -93,20 +103,20 @@ def test_tissue_masks_never_touch_background(seed):
 
 def test_mask_ratio_is_relative_to_tissue_tokens():
     grid = tissue_grid(tissue_cols=8)  # 128 tissue patches of 256
-    config = MaskingConfig(probability=1.0, ratio=(0.3, 0.3))
+    config = masking(probability=1.0, ratio=(0.3, 0.3))
     rng = np.random.default_rng(0)
     counts = np.array([sample_crop_mask(rng, grid, config).sum() for _ in range(300)])
     target = int(0.3 * 128)
     assert counts.max() <= target
     assert counts.mean() >= 0.95 * target
-    random_config = MaskingConfig(mode="random", probability=1.0, ratio=(0.3, 0.3))
+    random_config = masking(mode="random", probability=1.0, ratio=(0.3, 0.3))
     counts_random = [sample_crop_mask(rng, grid, random_config).sum() for _ in range(300)]
     assert np.mean(counts_random) >= 0.95 * int(0.3 * 256)
 
 
 def test_random_mode_masks_background_too():
     grid = tissue_grid()
-    config = MaskingConfig(mode="random", probability=1.0, ratio=(0.5, 0.5))
+    config = masking(mode="random", probability=1.0, ratio=(0.5, 0.5))
     rng = np.random.default_rng(1)
     background = (grid < 0.5).reshape(-1)
     assert sum(int((sample_crop_mask(rng, grid, config) & background).sum()) for _ in range(20)) > 0
@@ -115,7 +125,7 @@ def test_random_mode_masks_background_too():
 def test_too_little_tissue_gives_no_mask():
     grid = np.zeros((8, 8), dtype=np.float32)
     grid[0, :3] = 1.0  # 3 tissue patches < min_tissue_patches 4
-    config = MaskingConfig(probability=1.0, min_tissue_patches=4)
+    config = masking(probability=1.0, min_tissue_patches=4)
     rng = np.random.default_rng(2)
     assert not any(sample_crop_mask(rng, grid, config).any() for _ in range(50))
 
@@ -123,7 +133,7 @@ def test_too_little_tissue_gives_no_mask():
 def test_masking_probability_by_sampling():
     grid = tissue_grid()
     for p in (0.0, 0.5, 0.8, 1.0):
-        config = MaskingConfig(probability=p, ratio=(0.2, 0.4))
+        config = masking(probability=p, ratio=(0.2, 0.4))
         rng = np.random.default_rng(3)
         n = 2000
         masked = sum(bool(sample_crop_mask(rng, grid, config).any()) for _ in range(n))
@@ -132,19 +142,18 @@ def test_masking_probability_by_sampling():
 
 def test_ratio_drawn_uniformly_over_its_range():
     grid = np.ones((16, 16), dtype=np.float32)
-    config = MaskingConfig(probability=1.0, ratio=(0.1, 0.5))
+    config = masking(probability=1.0, ratio=(0.1, 0.5))
     rng = np.random.default_rng(4)
     shares = np.array([sample_crop_mask(rng, grid, config).mean() for _ in range(1000)])
     assert shares.min() >= 0.08 and shares.max() <= 0.5
     assert shares.mean() == pytest.approx(0.3, abs=0.02)
 
 
-def test_masking_config_from_cfg_validates():
-    config = MaskingConfig.from_cfg(
-        {"mode": "random", "ratio": [0.2, 0.3], "block_aspect": [0.5, 2]}
-    )
+def test_masking_settings_parse_and_validate():
+    config = settings_of("masking.mode=random", "masking.ratio=[0.2, 0.3]",
+                         "masking.block_aspect=[0.5, 2]").masking  # fmt: skip
     assert config.ratio == (0.2, 0.3) and config.block_aspect == (0.5, 2.0)
     with pytest.raises(ConfigError, match="masking.mode"):
-        MaskingConfig.from_cfg({"mode": "everywhere"})
+        masking(mode="everywhere")
     with pytest.raises(ConfigError, match="masking.probability"):
-        MaskingConfig.from_cfg({"probability": 1.5})
+        settings_of("masking.probability=1.5")

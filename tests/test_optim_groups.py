@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from mammodino.config import load_config
+from helpers import settings_of
 from mammodino.train.param_groups import apply_schedules, build_optimizer, build_param_groups
 
 
@@ -45,16 +45,16 @@ class _Head(nn.Module):
 
 def _groups(decay=0.9, patch_mult=0.2):
     student = nn.ModuleDict({"backbone": _Backbone(), "dino_head": _Head()})
-    cfg = load_config(
-        overrides=[f"optim.layerwise_decay={decay}", f"optim.patch_embed_lr_mult={patch_mult}"]
-    )
-    groups = build_param_groups(student, cfg.optim, depth=3)
+    optim = settings_of(
+        f"optim.layerwise_decay={decay}", f"optim.patch_embed_lr_mult={patch_mult}"
+    ).optim
+    groups = build_param_groups(student, optim, depth=3)
     by_name = {n: g for g in groups for n in g["names"]}
-    return student, cfg, groups, by_name
+    return student, optim, groups, by_name
 
 
 def test_per_block_lr_under_layer_decay():
-    _, cfg, groups, by_name = _groups()
+    _, optim, groups, by_name = _groups()
     # depth 3: embeddings layer 0 -> 0.9**4, block i -> 0.9**(3 - i), final norm -> 1
     assert by_name["backbone.cls_token"]["lr_multiplier"] == pytest.approx(0.9**4)
     assert by_name["backbone.pos_embed"]["lr_multiplier"] == pytest.approx(0.9**4)
@@ -67,7 +67,7 @@ def test_per_block_lr_under_layer_decay():
         0.9**4 * 0.2
     )
     # the lr each block's weights actually get from the optimiser at a given schedule value
-    optimizer = build_optimizer(groups, cfg.optim)
+    optimizer = build_optimizer(groups, optim.betas)
     apply_schedules(optimizer, {"lr": 1e-3, "last_layer_lr": 0.0, "wd": 0.04})
     lr_of = {n: g["lr"] for g in optimizer.param_groups for n in g["names"]}
     assert [lr_of[f"backbone.blocks.{i}.attn.qkv.weight"] for i in range(3)] == pytest.approx(
@@ -106,8 +106,8 @@ def test_groups_are_fused_and_cover_every_parameter_once():
 
 
 def test_frozen_last_layer_does_not_move_and_others_do():
-    student, cfg, groups, _ = _groups()
-    optimizer = build_optimizer(groups, cfg.optim)
+    student, optim, groups, _ = _groups()
+    optimizer = build_optimizer(groups, optim.betas)
     apply_schedules(optimizer, {"lr": 1e-2, "last_layer_lr": 0.0, "wd": 0.04})
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     x = torch.randn(4, 8)

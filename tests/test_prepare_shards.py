@@ -12,8 +12,8 @@ import numpy as np
 from helpers import synthetic_breast
 from mammodino.cli import main
 from mammodino.data.shard_pretrain import is_shard_source
+from mammodino.data.shard_stream import StreamingShardDataset
 from mammodino.data.shards import ShardIndex
-from mammodino.data.streaming import StreamingShardDataset
 
 
 def _sources(src: Path, count: int = 3) -> Path:

@@ -23,7 +23,7 @@ from mammodino.preprocess.mask import (
 )
 from mammodino.preprocess.pectoral import pectoral_mask
 from mammodino.preprocess.pipeline import (
-    PrepareSettings,
+    CacheOptions,
     plan_cache,
     render_image,
     render_mask,
@@ -68,7 +68,7 @@ def test_chest_wall_side_from_mask():
 
 
 def test_plan_flips_right_facing_breast_and_crops_with_margin():
-    settings = PrepareSettings(cache_size=128, margin=0.05)
+    settings = CacheOptions(cache_size=128, margin=0.05)
     plan = plan_cache("x.png", _unit(synthetic_breast(chest_wall_left=False)), settings)
     g = plan.geometry
     assert g.flipped == 1 and (g.height, g.width) == (256, 192)
@@ -85,7 +85,7 @@ def test_render_matches_geometry_point_mapping():
     image = synthetic_breast(chest_wall_left=False, label=False)
     image[100:104, 150:154] = 4095  # a bright dot on the breast at x ~151.5, y ~101.5
     unit = _unit(image)
-    g = plan_cache("x.png", unit, PrepareSettings(cache_size=96)).geometry
+    g = plan_cache("x.png", unit, CacheOptions(cache_size=96)).geometry
     cached = render_image(unit, g)
     cx, cy = original_to_cache(g, 151.5, 101.5)
     peak_y, peak_x = np.unravel_index(np.argmax(cached), cached.shape)
@@ -141,9 +141,9 @@ def test_point_mapping_accepts_arrays():
 
 def test_blank_and_tiny_images_are_refused():
     with pytest.raises(NoBreastFoundError):
-        plan_cache("blank.png", np.zeros((256, 200), np.float32), PrepareSettings())
+        plan_cache("blank.png", np.zeros((256, 200), np.float32), CacheOptions())
     with pytest.raises(ImageTooSmallError, match="1 x 1"):
-        plan_cache("dot.png", np.ones((1, 1), np.float32), PrepareSettings())
+        plan_cache("dot.png", np.ones((1, 1), np.float32), CacheOptions())
 
 
 def test_pectoral_wedge_found_on_synthetic_mlo():

@@ -9,6 +9,7 @@ import pytest
 
 from mammodino.config import load_config
 from mammodino.errors import ConfigError
+from mammodino.settings import Settings
 from mammodino.train.schedules import (
     build_schedules,
     cosine_schedule,
@@ -17,7 +18,7 @@ from mammodino.train.schedules import (
 )
 
 
-def _cfg(**optim):
+def _sections(**optim):
     overrides = [
         "optim.epochs=10",
         "optim.steps_per_epoch=10",
@@ -27,7 +28,8 @@ def _cfg(**optim):
         "optim.freeze_last_layer_epochs=1",
         "teacher.warmup_temp_epochs=3",
     ] + [f"optim.{k}={v}" for k, v in optim.items()]
-    return load_config(overrides=overrides)
+    settings = Settings.from_config(load_config(overrides=overrides))
+    return settings.optim, settings.teacher
 
 
 def test_lr_is_scaled_by_square_root_of_batch():
@@ -55,7 +57,7 @@ def test_teacher_temperature_linear_warmup():
 
 
 def test_build_schedules_at_given_steps():
-    sched = build_schedules(_cfg(), global_batch=64)
+    sched = build_schedules(*_sections(), global_batch=64)
     peak = 0.004 * math.sqrt(64 / 1024)
     assert sched.total_steps == 100
     first, warm, mid, last = sched.at(0), sched.at(20), sched.at(60), sched.at(99)
@@ -86,4 +88,4 @@ def test_build_schedules_at_given_steps():
 
 def test_warmup_longer_than_run_is_a_config_error():
     with pytest.raises(ConfigError, match="warm-up"):
-        build_schedules(_cfg(warmup_epochs=20), global_batch=64)
+        build_schedules(*_sections(warmup_epochs=20), global_batch=64)

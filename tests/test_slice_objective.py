@@ -11,6 +11,7 @@ import torch
 from mammodino.config import load_config
 from mammodino.losses.slice_contrast import SliceContrastLoss, slice_negative_mask
 from mammodino.models.vit import build_vit
+from mammodino.settings import Settings
 from mammodino.train.ema import ema_update
 from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.param_groups import build_param_groups
@@ -108,11 +109,15 @@ def test_patch_level_variant_adds_a_finite_term():
 
 def test_heads_attached_to_the_meta_architecture_follow_ema_and_optimiser():
     cfg = load_config(overrides=TINY)
-    model = MammoDINO(cfg)
-    objective = SliceObjective.from_cfg(cfg, model.student["backbone"].embed_dim)
+    settings = Settings.from_config(cfg)
+    model = MammoDINO(settings)
+    embed_dim = model.student["backbone"].embed_dim
+    objective = SliceObjective.from_settings(
+        settings.dbt, settings.masking.patch_tissue_threshold, embed_dim
+    )
     objective.attach(model.student, model.teacher)
     assert model.teacher["slice_head"] is objective.teacher_head
-    groups = build_param_groups(model.student, cfg["optim"], model.depth)
+    groups = build_param_groups(model.student, settings.optim, model.depth)
     grouped = {id(p) for g in groups for p in g["params"]}
     assert all(id(p) in grouped for p in objective.student_head.parameters())
     before = [p.clone() for p in objective.teacher_head.parameters()]

@@ -43,7 +43,10 @@ def test_values_and_gradients_match_log_softmax(temperature):
     weights = random_probs(6, 50, gen).double() * torch.tensor([[1.0], [2.0], [0.5]] * 2).double()
     a = logits.clone().requires_grad_()
     b = logits.clone().requires_grad_()
-    fused, reference = soft_cross_entropy(a, weights, temperature), textbook(b, weights, temperature)
+    fused, reference = (
+        soft_cross_entropy(a, weights, temperature),
+        textbook(b, weights, temperature),
+    )
     upstream = torch.randn(6, generator=gen, dtype=torch.float64)
     (fused * upstream.float()).sum().backward()
     (reference * upstream.float()).sum().backward()

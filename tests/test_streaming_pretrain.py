@@ -15,8 +15,8 @@ from mammodino.data.shard_pretrain import (
     is_shard_source,
     sample_index,
 )
+from mammodino.data.shard_stream import ResumableLoader
 from mammodino.data.shards import ShardWriter
-from mammodino.data.streaming import ResumableLoader
 
 TINY = [
     "crops.global_size=32",

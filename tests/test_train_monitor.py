@@ -44,6 +44,7 @@ def test_mini_mias_density_labels_join_the_cache_manifest(mini_mias_dir, tmp_pat
     import csv
 
     from mammodino.config import load_config
+    from mammodino.settings import Settings
     from mammodino.train.monitor import KNNMonitor
 
     names = sorted(p.name for p in mini_mias_dir.glob("mdb*.png"))[:24]
@@ -60,7 +61,8 @@ def test_mini_mias_density_labels_join_the_cache_manifest(mini_mias_dir, tmp_pat
             "monitor.image_size=32",
         ]
     )
-    monitor = KNNMonitor.from_config(cfg)
+    settings = Settings.from_config(cfg)
+    monitor = KNNMonitor.from_settings(settings.monitor, settings.crops.global_size)
     assert monitor.images.shape == (24, 1, 32, 32)
     assert set(monitor.labels) == {0, 1, 2}  # D, F, G
     # no patient_id column: mini-MIAS names pair mdb001+mdb002 as one woman

@@ -2,7 +2,8 @@
 
 Every key of a preset or override must exist in the defaults; an unknown key fails at start with
 the list of valid keys at that level, and a value of the wrong type (`optim.max_steps=abc`) with
-the type the key takes. The resolved config is written next to each run's outputs.
+the type the key takes. The resolved config is written next to each run's outputs; code below the
+entry points reads it through `mammodino.settings.Settings` (typed sections, parsed once).
 """
 
 from __future__ import annotations

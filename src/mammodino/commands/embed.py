@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mammodino.errors import MammodinoError
-    from mammodino.io.weights import check_weights_source
+    from mammodino.eval.weights_source import check_weights_source
     from mammodino.preprocess.cache import (
         cache_folder,
         is_prepared_cache,

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace):
     from mammodino.config import load_config
-    from mammodino.preprocess.pipeline import PrepareSettings
+    from mammodino.preprocess.pipeline import CacheOptions
 
     cfg = load_config(preset=args.config, overrides=args.overrides)
     section = cfg.prepare
@@ -58,14 +58,7 @@ def _settings(args: argparse.Namespace):
         section.voi = args.voi
     if args.pectoral:
         section.pectoral = True
-    settings = PrepareSettings(
-        cache_size=int(section.cache_size),
-        margin=float(section.margin),
-        mask_size=int(section.mask_size),
-        pectoral=bool(section.pectoral),
-        voi=str(section.voi),
-    )
-    return cfg, settings
+    return cfg, CacheOptions.from_config(cfg)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from mammodino.train.distributed_trainer import train  # torchrun: DDP/FSDP2; else 1 process
-    from mammodino.train.hardware import malloc_tunables, resolve_hardware_defaults
-    from mammodino.train.loop import resolve_device
+    from mammodino.train.hardware import (
+        malloc_tunables,
+        resolve_device,
+        resolve_hardware_defaults,
+    )
 
     device = resolve_device(str(cfg.train.device))
-    tunables = malloc_tunables(cfg, device, os.environ.get("GLIBC_TUNABLES", ""))
+    tunables = malloc_tunables(
+        bool(cfg.train.malloc_tunables), device, os.environ.get("GLIBC_TUNABLES", "")
+    )
     if tunables is not None:
         _reexec_with_malloc_tunables(tunables)
     main_rank = int(os.environ.get("RANK", "0")) == 0

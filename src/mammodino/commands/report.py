@@ -32,9 +32,9 @@ def check_run_folder(run: Path) -> None:
     if not run.is_dir():
         raise MammodinoError(f"{run}: no such folder; give the run folder of pretrain --output-dir")
     if not any((run / name).exists() for name in RUN_MARKERS):
-        cache = (
-            " (it holds manifest.csv: a prepared cache)" if (run / "manifest.csv").is_file() else ""
-        )
+        from mammodino.preprocess.cache import MANIFEST_NAME, is_prepared_cache
+
+        cache = f" (it holds {MANIFEST_NAME}: a prepared cache)" if is_prepared_cache(run) else ""
         raise MammodinoError(
             f"{run}: not a pretraining run: no {' or '.join(RUN_MARKERS)} in it{cache}; "
             "give the folder of pretrain --output-dir"

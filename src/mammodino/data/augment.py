@@ -11,63 +11,15 @@ tissue fractions and masks flip with the pixels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import cv2
 import numpy as np
 
-from mammodino.errors import ConfigError
+from mammodino.settings import AugmentSettings
 
 CROP_KINDS = ("global", "local")
 # DINOv2's RandomSolarize threshold 128 of 255.
 SOLARIZE_THRESHOLD = 0.5
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The `augment` section of the config."""
-
-    brightness_p: float = 0.8
-    brightness: float = 0.2
-    contrast_p: float = 0.8
-    contrast: float = 0.3
-    gamma_p: float = 0.5
-    gamma: tuple[float, float] = (0.7, 1.4)
-    window_p: float = 0.5
-    window_jitter: float = 0.1
-    blur_p_global: tuple[float, ...] = (1.0, 0.1)
-    blur_p_local: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    noise_p: float = 0.2
-    noise_std: float = 0.02
-    solarize_p: float = 0.2
-    vflip_p: float = 0.5
-
-    @classmethod
-    def from_cfg(cls, section: Any) -> AugmentConfig:
-        """Read `cfg.augment` (missing keys keep their defaults); probabilities must be in [0, 1]."""
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        for key in ("gamma", "blur_p_global", "blur_sigma"):
-            if key in known:
-                value = known[key]
-                known[key] = tuple(
-                    float(v) for v in (value if isinstance(value, list) else [value])
-                )
-        config = cls(**known)
-        probabilities = [getattr(config, k) for k in cls.__dataclass_fields__ if k.endswith("_p")]
-        probabilities += [config.blur_p_local, *config.blur_p_global]
-        if any(not 0.0 <= p <= 1.0 for p in probabilities):
-            raise ConfigError(f"augment probabilities must lie in [0, 1], got {probabilities}")
-        if not config.blur_p_global:
-            raise ConfigError("augment.blur_p_global needs one value per global crop (or one)")
-        return config
-
-    def blur_p(self, kind: str, crop_index: int) -> float:
-        """Blur probability of a crop: per global crop index (last value repeats), or local."""
-        if kind == "local":
-            return self.blur_p_local
-        return self.blur_p_global[min(crop_index, len(self.blur_p_global) - 1)]
 
 
 def adjust_brightness(x: np.ndarray, factor: float) -> np.ndarray:
@@ -119,7 +71,7 @@ def vflip(x: np.ndarray) -> np.ndarray:
 
 
 def augment_intensity(
-    x: np.ndarray, rng: np.random.Generator, config: AugmentConfig, kind: str, crop_index: int
+    x: np.ndarray, rng: np.random.Generator, config: AugmentSettings, kind: str, crop_index: int
 ) -> np.ndarray:
     """Apply the intensity augmentations of one crop (kind 'global' or 'local', its index)."""
     if kind not in CROP_KINDS:

@@ -9,20 +9,17 @@ instead (data/shard_pretrain.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch.utils.data
 
+from mammodino.config import Config
 from mammodino.data.dbt_dataset import MixedPretrainDataset, build_mixed_dataset
-from mammodino.data.image_dataset import (
-    ImageRecord,
-    PretrainDataset,
-    read_pixels,  # noqa: F401  (train/monitor.py imports it from here)
-)
+from mammodino.data.image_dataset import ImageRecord, PretrainDataset
 from mammodino.data.resumable_sampler import ResumableSampler
 from mammodino.data.transform import PretrainTransform
 from mammodino.errors import ConfigError
 from mammodino.preprocess.cache import is_prepared_cache, read_manifest
+from mammodino.settings import Settings, as_settings
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".pgm", ".jpg", ".jpeg", ".npy", ".dcm")
 
@@ -35,20 +32,22 @@ def list_image_folder(folder: Path) -> list[ImageRecord]:
     return [ImageRecord(str(p.relative_to(folder).with_suffix("")), p, None) for p in files]
 
 
-def build_pretrain_dataset(cfg: Any, source: str | Path | None = None) -> torch.utils.data.Dataset:
-    """The pretraining data set of `cfg.data.source` (a prepared cache or a folder of images).
+def build_pretrain_dataset(
+    cfg: Settings | Config, source: str | Path | None = None
+) -> torch.utils.data.Dataset:
+    """The pretraining data set of `data.source` (a prepared cache or a folder of images).
 
     With `data.dbt_fraction` > 0 a prepared cache gives the mixed FFDM + DBT data set
     (data/dbt_dataset.py); at 0 every cached DBT slice is an image like any other.
     """
-    source = source if source is not None else cfg["data"]["source"]
+    settings = as_settings(cfg)
+    source = source if source is not None else settings.data.source
     if source is None:
         raise ConfigError("data.source is not set: give a prepared cache or a folder of images")
     folder = Path(source)
-    dbt_fraction = float(cfg["data"].get("dbt_fraction", 0.0) or 0.0)
     if folder.is_dir() and is_prepared_cache(folder):
-        if dbt_fraction > 0:
-            return build_mixed_dataset(cfg, folder)
+        if settings.data.dbt_fraction > 0:
+            return build_mixed_dataset(settings, folder)
         records = [ImageRecord.from_row(folder, row) for row in read_manifest(folder)]
     elif folder.is_dir():
         records = list_image_folder(folder)
@@ -56,9 +55,9 @@ def build_pretrain_dataset(cfg: Any, source: str | Path | None = None) -> torch.
         raise ConfigError(f"data.source {str(folder)!r} is neither a prepared cache nor a folder")
     return PretrainDataset(
         records,
-        PretrainTransform.from_cfg(cfg),
-        seed=cfg["train"]["seed"],
-        cache_mb=cfg["data"].get("cache_mb", 256.0),
+        PretrainTransform.from_settings(settings),
+        seed=settings.train.seed,
+        cache_mb=settings.data.cache_mb,
     )
 
 

@@ -46,6 +46,7 @@ from mammodino.preprocess.cache import (
     read_cached_mask,
     read_manifest,
 )
+from mammodino.settings import DbtSettings, Settings
 
 # Reconstructions without a stated spacing: 1 mm is what DBT vendors reconstruct at.
 DEFAULT_SLICE_SPACING_MM = 1.0
@@ -61,25 +62,6 @@ class VolumeRecord:
     slices: tuple[Path, ...]
     mask: Path
     spacing_mm: float
-
-
-@dataclass(frozen=True)
-class DbtSettings:
-    """The `dbt` config values the data side needs."""
-
-    d_max_mm: float = 3.0
-    pair_size: int | None = None
-    tissue_threshold: float = 0.5
-
-    @classmethod
-    def from_cfg(cls, section: Any) -> DbtSettings:
-        """Read `cfg.dbt` (missing keys keep their defaults)."""
-        pair_size = section.get("pair_size")
-        return cls(
-            d_max_mm=float(section.get("d_max_mm", 3.0)),
-            pair_size=int(pair_size) if pair_size else None,
-            tissue_threshold=float(section.get("tissue_threshold", 0.5)),
-        )
 
 
 def split_manifest(folder: Path) -> tuple[list[ImageRecord], list[VolumeRecord]]:
@@ -145,8 +127,8 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
         transform: PretrainTransform,
         settings: DbtSettings,
         dbt_fraction: float,
-        seed: int = 0,
-        cache_mb: float = 256.0,
+        seed: int,
+        cache_mb: float,
     ) -> None:
         if not volumes:
             raise ConfigError("the pretraining source holds no DBT volumes")
@@ -241,15 +223,15 @@ class MixedPretrainDataset(torch.utils.data.Dataset):
         return mask
 
 
-def build_mixed_dataset(cfg: Any, folder: Path) -> MixedPretrainDataset:
+def build_mixed_dataset(settings: Settings, folder: Path) -> MixedPretrainDataset:
     """The mixed FFDM + DBT data set of a prepared cache, at `data.dbt_fraction`."""
     images, volumes = split_manifest(folder)
     return MixedPretrainDataset(
         images,
         volumes,
-        PretrainTransform.from_cfg(cfg),
-        DbtSettings.from_cfg(cfg.get("dbt", {})),
-        float(cfg["data"]["dbt_fraction"]),
-        seed=cfg["train"]["seed"],
-        cache_mb=cfg["data"].get("cache_mb", 256.0),
+        PretrainTransform.from_settings(settings),
+        settings.dbt,
+        settings.data.dbt_fraction,
+        seed=settings.train.seed,
+        cache_mb=settings.data.cache_mb,
     )

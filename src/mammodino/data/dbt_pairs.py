@@ -73,18 +73,18 @@ def pair_transform(transform: PretrainTransform, pair_size: int | None = None) -
         n_local=0,
         global_size=int(pair_size or transform.crops.global_size),
     )
-    if crops.global_size % crops.patch_size:
+    if crops.global_size % transform.patch_size:
         raise ConfigError(
             f"dbt.pair_size {crops.global_size} must be a multiple of the patch size "
-            f"{crops.patch_size}"
+            f"{transform.patch_size}"
         )
     masking = dataclasses.replace(transform.masking, probability=0.0)
     blur = transform.augment.blur_p_local
     augment = dataclasses.replace(transform.augment, blur_p_global=(blur,), solarize_p=0.0)
-    return PretrainTransform(crops, masking, augment)
+    return PretrainTransform(crops, masking, augment, transform.patch_size)
 
 
-def tissue_slice_range(slice_contrast: Sequence[float], threshold: float = 0.5) -> tuple[int, int]:
+def tissue_slice_range(slice_contrast: Sequence[float], threshold: float) -> tuple[int, int]:
     """[first, last] tissue-bearing slices: contrast >= threshold * the volume's peak contrast.
 
     `slice_contrast` is each slice's mean inside the breast mask minus its mean outside: slices

@@ -95,8 +95,8 @@ class PretrainDataset(torch.utils.data.Dataset):
         self,
         records: list[ImageRecord],
         transform: PretrainTransform,
-        seed: int = 0,
-        cache_mb: float = 256.0,
+        seed: int,
+        cache_mb: float,
     ) -> None:
         if not records:
             raise ConfigError("the pretraining source holds no images")

@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from mammodino.config import Config
+from mammodino.data.shard_stream import StreamingShardDataset
 from mammodino.data.shards import INDEX_NAME
-from mammodino.data.streaming import StreamingShardDataset
 from mammodino.data.tissue_crops import TissueMap
 from mammodino.data.transform import PretrainTransform
 from mammodino.errors import NoBreastFoundError
+from mammodino.settings import Settings, as_settings
 
 UINT16_MAX = 65535.0
 
@@ -54,16 +56,16 @@ class ShardPretrainTransform:
 
 
 def build_streaming_pretrain_dataset(
-    cfg: Any, source: str | Path, *, epochs: int | None = None
+    cfg: Settings | Config, source: str | Path, *, epochs: int | None = None
 ) -> StreamingShardDataset:
     """An endless (or `epochs`-long) stream of pretraining samples from shards."""
-    data = cfg["data"]
-    seed = cfg["train"]["seed"]
+    settings = as_settings(cfg)
+    seed = settings.train.seed
     return StreamingShardDataset(
         str(source),
-        transform=ShardPretrainTransform(PretrainTransform.from_cfg(cfg), seed),
-        shuffle_buffer=int(data.get("shuffle_buffer", 1000)),
-        mix_shards=int(data.get("mix_shards", 4)),
+        transform=ShardPretrainTransform(PretrainTransform.from_settings(settings), seed),
+        shuffle_buffer=settings.data.shuffle_buffer,
+        mix_shards=settings.data.mix_shards,
         seed=seed,
         epochs=epochs,
     )

@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from mammodino.errors import ConfigError
+from mammodino.settings import CROP_SAMPLERS
 
-SAMPLERS = ("tissue", "random")
 # torchvision's RandomResizedCrop tries this many (scale, aspect) draws before its central fallback.
 _SIZE_ATTEMPTS = 10
 # Centre candidates drawn at once for rejection sampling; rounds before the exact (slow) fallback.
@@ -242,7 +242,7 @@ def sample_crop_box(
         box = random_resized_crop_box(rng, height, width, scale, ratio)
         return box, box_tissue_fraction(tissue.integral, box)
     if sampler != "tissue":
-        raise ConfigError(f"crops.sampler must be one of {SAMPLERS}, got {sampler!r}")
+        raise ConfigError(f"crops.sampler must be one of {CROP_SAMPLERS}, got {sampler!r}")
     best_box, best_fraction = None, -1.0
     for _ in range(max(1, max_tries)):
         size = draw_crop_size(rng, height, width, scale, ratio)

@@ -10,14 +10,11 @@ Without `allowed` it is DINOv2's algorithm step for step (block top-left uniform
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from mammodino.errors import ConfigError
+from mammodino.settings import MaskingSettings
 
-MASKING_MODES = ("tissue", "random")
 # DINOv2 train.py builds its generator with max_num_patches = 0.5 * N: no block exceeds half the grid.
 MAX_BLOCK_FRACTION = 0.5
 # DINOv2's _mask tries this many blocks before giving up on adding one.
@@ -89,35 +86,8 @@ def _add_block(
     return 0
 
 
-@dataclass(frozen=True)
-class MaskingConfig:
-    """The `masking` section of the config."""
-
-    mode: str = "tissue"
-    probability: float = 0.5
-    ratio: tuple[float, float] = (0.1, 0.5)
-    patch_tissue_threshold: float = 0.5
-    min_tissue_patches: int = 4
-    block_min_patches: float = 4
-    block_aspect: tuple[float, float] = (0.3, 1 / 0.3)
-
-    @classmethod
-    def from_cfg(cls, section: Any) -> MaskingConfig:
-        """Read `cfg.masking` (missing keys keep their defaults)."""
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        for key in ("ratio", "block_aspect"):
-            if key in known:
-                known[key] = tuple(float(v) for v in known[key])
-        config = cls(**known)
-        if config.mode not in MASKING_MODES:
-            raise ConfigError(f"masking.mode must be one of {MASKING_MODES}, got {config.mode!r}")
-        if not 0.0 <= config.probability <= 1.0:
-            raise ConfigError(f"masking.probability must lie in [0, 1], got {config.probability}")
-        return config
-
-
 def sample_crop_mask(
-    rng: np.random.Generator, patch_tissue: np.ndarray, config: MaskingConfig
+    rng: np.random.Generator, patch_tissue: np.ndarray, config: MaskingSettings
 ) -> np.ndarray:
     """The iBOT mask (bool, flat [n*n]) of one global crop from its patch tissue fractions.
 

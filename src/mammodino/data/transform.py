@@ -15,58 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from mammodino.data.augment import AugmentConfig, augment_intensity, draw_vflip, vflip
+from mammodino.data.augment import augment_intensity, draw_vflip, vflip
 from mammodino.data.tissue_crops import (
-    SAMPLERS,
     CropBox,
     TissueMap,
     patch_tissue_fractions,
     resize_crop,
     sample_crop_box,
 )
-from mammodino.data.tissue_masking import MaskingConfig, sample_crop_mask
-from mammodino.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    """The `crops` section of the config, plus the ViT patch size."""
-
-    sampler: str = "tissue"
-    global_size: int = 224
-    local_size: int = 98
-    n_global: int = 2
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    global_min_tissue: float = 0.5
-    local_min_tissue: float = 0.3
-    max_tries: int = 10
-    dense_weight: float = 0.0
-    patch_size: int = 14
-
-    @classmethod
-    def from_cfg(cls, section: Any, patch_size: int) -> CropConfig:
-        """Read `cfg.crops` (missing keys keep their defaults)."""
-        known = {k: section[k] for k in cls.__dataclass_fields__ if k in section}
-        for key in ("global_scale", "local_scale", "ratio"):
-            if key in known:
-                known[key] = tuple(float(v) for v in known[key])
-        config = cls(**known, patch_size=int(patch_size))
-        if config.sampler not in SAMPLERS:
-            raise ConfigError(f"crops.sampler must be one of {SAMPLERS}, got {config.sampler!r}")
-        if config.n_global < 1 or config.n_local < 0:
-            raise ConfigError(
-                f"crops.n_global must be >= 1 and crops.n_local >= 0, got {config.n_global}, "
-                f"{config.n_local}"
-            )
-        if config.global_size < config.patch_size:
-            raise ConfigError(
-                f"crops.global_size {config.global_size} is smaller than the patch size "
-                f"{config.patch_size}"
-            )
-        return config
+from mammodino.data.tissue_masking import sample_crop_mask
+from mammodino.settings import AugmentSettings, CropSettings, MaskingSettings, Settings
 
 
 @dataclass
@@ -87,19 +45,22 @@ def sample_rngs(seed: int | Sequence[int], n: int = 3) -> list[np.random.Generat
 class PretrainTransform:
     """Build the sample dict of docs/ARCHITECTURE.md from one image and its tissue map."""
 
-    def __init__(self, crops: CropConfig, masking: MaskingConfig, augment: AugmentConfig) -> None:
+    def __init__(
+        self,
+        crops: CropSettings,
+        masking: MaskingSettings,
+        augment: AugmentSettings,
+        patch_size: int,
+    ) -> None:
         self.crops = crops
         self.masking = masking
         self.augment = augment
+        self.patch_size = patch_size
 
     @classmethod
-    def from_cfg(cls, cfg: Any) -> PretrainTransform:
-        """From the resolved config (sections crops, masking, augment and model.patch_size)."""
-        return cls(
-            CropConfig.from_cfg(cfg["crops"], cfg["model"]["patch_size"]),
-            MaskingConfig.from_cfg(cfg["masking"]),
-            AugmentConfig.from_cfg(cfg["augment"]),
-        )
+    def from_settings(cls, settings: Settings) -> PretrainTransform:
+        """Sections crops, masking, augment and the ViT's `model.patch_size`."""
+        return cls(settings.crops, settings.masking, settings.augment, settings.model.patch_size)
 
     def __call__(
         self,
@@ -142,7 +103,9 @@ class PretrainTransform:
         globals_, tissues, masks = [], [], []
         for i, (box, flip) in enumerate(zip(plan.global_boxes, plan.global_flips, strict=True)):
             crop = resize_crop(image, box, c.global_size).astype(np.float32) * scale
-            patch_tissue = patch_tissue_fractions(tissue.integral, box, c.global_size, c.patch_size)
+            patch_tissue = patch_tissue_fractions(
+                tissue.integral, box, c.global_size, self.patch_size
+            )
             if flip:
                 crop, patch_tissue = vflip(crop), vflip(patch_tissue)
             globals_.append(augment_intensity(crop, aug_rng, self.augment, "global", i))

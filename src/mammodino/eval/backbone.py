@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from mammodino.errors import CheckpointError
-from mammodino.io.weights import EXPORT_MARKER, RUN_MARKER, check_weights_source
+from mammodino.eval.weights_source import check_weights_source
+from mammodino.io.weights import EXPORT_MARKER, RUN_MARKER
 from mammodino.models.vit import VisionTransformer, build_vit
 
 

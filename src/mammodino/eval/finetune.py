@@ -16,6 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from mammodino.errors import EvaluationError
+from mammodino.preprocess.cache import (
+    cache_folder,
+    manifest_file,
+    read_cached_float,
+    read_manifest,
+)
 
 
 @dataclass
@@ -43,13 +49,9 @@ def load_cache_images(
     import cv2
     import torch
 
-    cache = Path(cache)
     out = torch.empty(len(rows), 1, size, size)
     for i, row in enumerate(rows):
-        image = cv2.imread(str(cache / row["image"]), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise EvaluationError(f"{row['image']}: cache image unreadable (re-run prepare)")
-        scaled = image.astype(np.float32) / float(np.iinfo(image.dtype).max)
+        scaled = read_cached_float(cache, row)
         if preprocess is not None:
             out[i] = torch.as_tensor(preprocess(scaled)).cpu().reshape(1, size, size)
         else:
@@ -144,20 +146,16 @@ def finetune_protocol(
     settings: FinetuneSettings | None = None,
 ):
     """The fit_predict of `--protocol finetune`: backbone from `weights`, images from the cache."""
-    import csv
-
     if not weights or not manifest:
         raise EvaluationError("--protocol finetune needs --weights and --manifest (the cache's)")
     from mammodino.eval.backbone import load_backbone
 
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise EvaluationError(f"{manifest}: manifest not found")
-    with manifest.open(newline="") as fh:
-        by_id = {r["id"]: r for r in csv.DictReader(fh)}
+    by_id = {r["id"]: r for r in read_manifest(manifest, required=("id", "image"))}
     missing = [i for i in ids if i not in by_id]
     if missing:
-        raise EvaluationError(f"{len(missing)} feature ids are not in {manifest.name}")
+        raise EvaluationError(
+            f"{len(missing)} feature ids are not in {manifest_file(manifest).name}"
+        )
 
     def load():
         # load_backbone gives a frozen Backbone (model + preprocessing); fine-tuning unfreezes it.
@@ -165,6 +163,6 @@ def finetune_protocol(
 
     frozen = load_backbone(weights)
     images = load_cache_images(
-        manifest.parent, [by_id[i] for i in ids], frozen.image_size, frozen.preprocess
+        cache_folder(manifest), [by_id[i] for i in ids], frozen.image_size, frozen.preprocess
     )
     return FinetuneProbe(load, images, settings or FinetuneSettings()).fit_predict

@@ -16,7 +16,12 @@ import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.features import save_features
-from mammodino.preprocess.cache import cache_folder, read_cached_pair, read_manifest
+from mammodino.preprocess.cache import (
+    MANIFEST_NAME,
+    cache_folder,
+    read_cached_pair,
+    read_manifest,
+)
 
 HIST_BINS = 16
 GLCM_LEVELS = 32
@@ -135,7 +140,7 @@ def extract_handcrafted(cache: str | Path, output: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """`python -m mammodino.eval.handcrafted CACHE FEATS`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cache", help="prepared cache folder (holds manifest.csv)")
+    parser.add_argument("cache", help=f"prepared cache folder (holds {MANIFEST_NAME})")
     parser.add_argument("output", help="FEATS folder to write")
     args = parser.parse_args(argv)
     path = extract_handcrafted(args.cache, args.output)

@@ -21,7 +21,8 @@ from mammodino.errors import (
     NotAnImageError,
     TruncatedFileError,
 )
-from mammodino.io import dicom
+from mammodino.io.dicom_header import read_header
+from mammodino.io.dicom_pixels import decode_frame, to_unit_range
 from mammodino.io.meta import MAX_SIDE, ImageMeta, MammoImage
 
 VOI_MODES = ("none", "window", "voi_lut")
@@ -177,12 +178,12 @@ def _read_npy(path: str) -> tuple[np.ndarray, ImageMeta]:
     try:
         with open(path, "rb") as f:  # the header alone: shape is checked before any allocation
             major, _ = np.lib.format.read_magic(f)
-            read_header = (
+            read_npy_header = (
                 np.lib.format.read_array_header_1_0
                 if major == 1
                 else np.lib.format.read_array_header_2_0
             )
-            shape, _, dtype = read_header(f)
+            shape, _, dtype = read_npy_header(f)
         if len(shape) not in (2, 3):
             raise NotAnImageError(
                 path, f".npy has {len(shape)} dimensions, expected 2", "save one image"
@@ -230,7 +231,7 @@ def read_metadata(path: str | Path) -> ImageMeta:
     """Header facts only (DICOM: no pixel decoding; rasters: decoded to learn the size)."""
     path = os.fspath(path)
     if sniff_format(path) == "dicom":
-        return _guarded(path, dicom.read_header, path).meta
+        return _guarded(path, read_header, path).meta
     return read_image(path).meta
 
 
@@ -239,7 +240,7 @@ def read_frame_count(path: str | Path) -> int:
     path = os.fspath(path)
     if sniff_format(path) != "dicom":
         return 1
-    return _guarded(path, dicom.read_header, path).meta.n_frames
+    return _guarded(path, read_header, path).meta.n_frames
 
 
 def read_image(path: str | Path, *, voi: str = "none", frame: int | None = None) -> MammoImage:
@@ -254,13 +255,13 @@ def read_image(path: str | Path, *, voi: str = "none", frame: int | None = None)
     path = os.fspath(path)
     fmt = sniff_format(path)
     if fmt == "dicom":
-        header = _guarded(path, dicom.read_header, path)
+        header = _guarded(path, read_header, path)
         n_frames = header.meta.n_frames
         index = n_frames // 2 if frame is None else int(frame)
         if not 0 <= index < n_frames:
             raise IndexError(f"frame {index} out of range for {n_frames} frames")
-        raw = dicom.decode_frame(path, header, index)
-        pixels = _guarded(path, dicom.to_unit_range, raw, header, voi)
+        raw = decode_frame(path, header, index)
+        pixels = _guarded(path, to_unit_range, raw, header, voi)
         return _checked(path, MammoImage(pixels, header.meta, index))
     if frame not in (None, 0):
         raise IndexError(f"frame {frame} out of range for a single-frame {fmt} file")

@@ -1,10 +1,10 @@
 """Weights files read without running code, each failure one line that names the file.
 
-`check_weights_source` tells at once (no torch import) whether `--weights` names something
-loadable: `random:ARCH/PATCH`, a run folder, an export or HF folder, or a file whose first bytes
-fit its kind. `load_torch_file` (torch.load with weights_only=True) and `load_safetensors_file`
-load, turning every failure (an empty file, a PNG renamed .safetensors, text named .pt, a pickle
-of Python objects) into a `CheckpointError` that says what the file is and what to give instead.
+`check_torch_file` / `check_safetensors_file` tell at once (no torch import) whether a file's
+first bytes fit its kind (eval/weights_source.py checks a whole `--weights` argument with them).
+`load_torch_file` (torch.load with weights_only=True) and `load_safetensors_file` load, turning
+every failure (an empty file, a PNG renamed .safetensors, text named .pt, a pickle of Python
+objects) into a `CheckpointError` that says what the file is and what to give instead.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ RUN_MARKER = "checkpoints"
 EXPORT_MARKER = "architecture.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 _ZIP, _PICKLE = b"PK\x03\x04", b"\x80"
-_GIVE = "give a run folder, an export, a .pt/.pth/.safetensors weights file or random:ARCH/PATCH"
+GIVE_WEIGHTS = (
+    "give a run folder, an export, a .pt/.pth/.safetensors weights file or random:ARCH/PATCH"
+)
 
 
 def describe_bytes(head: bytes) -> str:
@@ -59,10 +61,10 @@ def check_torch_file(path: Path) -> None:
     """Raise CheckpointError unless `path` starts like a torch.save file (zip or pickle)."""
     head = _head(path)
     if not head:
-        raise CheckpointError(f"{path.name}: empty file, not a PyTorch checkpoint; {_GIVE}")
+        raise CheckpointError(f"{path.name}: empty file, not a PyTorch checkpoint; {GIVE_WEIGHTS}")
     if not head.startswith((_ZIP, _PICKLE)):
         raise CheckpointError(
-            f"{path.name}: not a PyTorch checkpoint (it is {describe_bytes(head)}); {_GIVE}"
+            f"{path.name}: not a PyTorch checkpoint (it is {describe_bytes(head)}); {GIVE_WEIGHTS}"
         )
 
 
@@ -70,34 +72,13 @@ def check_safetensors_file(path: Path) -> None:
     """Raise CheckpointError unless `path` starts with a safetensors header (length + JSON)."""
     head = _head(path)
     if not head:
-        raise CheckpointError(f"{path.name}: empty file, not a safetensors file; {_GIVE}")
+        raise CheckpointError(f"{path.name}: empty file, not a safetensors file; {GIVE_WEIGHTS}")
     size = path.stat().st_size
     header_len = struct.unpack("<Q", head[:8])[0] if len(head) >= 8 else size
     if not 2 <= header_len <= size - 8 or head[8:9] != b"{":
         raise CheckpointError(
-            f"{path.name}: not a safetensors file (it is {describe_bytes(head)}); {_GIVE}"
+            f"{path.name}: not a safetensors file (it is {describe_bytes(head)}); {GIVE_WEIGHTS}"
         )
-
-
-def check_weights_source(spec: str) -> None:
-    """Raise CheckpointError unless `spec` names something `load_backbone` can take."""
-    if spec.startswith("random:"):
-        return
-    path = Path(spec)
-    if path.is_dir():
-        markers = [RUN_MARKER, EXPORT_MARKER, *HF_WEIGHTS]
-        if not any((path / name).exists() for name in markers):
-            cache = " (it holds manifest.csv: a prepared cache, not weights)"
-            raise CheckpointError(
-                f"{spec}: not a run or export folder: it holds none of {', '.join(markers)}"
-                f"{cache if (path / 'manifest.csv').is_file() else ''}; {_GIVE}"
-            )
-    elif not path.is_file():
-        raise CheckpointError(f"{spec}: no such file or folder; {_GIVE}")
-    elif path.suffix == ".safetensors":
-        check_safetensors_file(path)
-    else:
-        check_torch_file(path)
 
 
 def load_safetensors_file(path: Path) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """mini-MIAS: its labels recipe (Info.txt or labels_rows.csv -> our labels CSV rows) and which
-woman an image belongs to, which pretraining's monitor and evaluation's splits also need.
+woman an image belongs to, which prepare's patient ids, pretraining's monitor and evaluation's
+splits also need.
 
 Lesion circles go to numpy coordinates (row = 1023 - y: Info.txt counts y from the bottom).
 """
@@ -21,16 +22,20 @@ MIAS_SIZE = 1024  # every mini-MIAS image is 1024 x 1024; y in Info.txt counts f
 _MIAS_NAME = re.compile(r"^mdb(\d{3})")
 
 
-def mias_patient_id(name: str) -> str | None:
-    """The woman a mini-MIAS image belongs to: mdb001+mdb002 -> 'mias001', ... (None if no match).
+def mias_woman(name: str) -> int | None:
+    """The number of the woman a mini-MIAS file (a path or name mdbNNN...) belongs to, else None.
 
     mini-MIAS stores each woman's right (odd number) and left (even number) MLO as consecutive
-    files, so patient = (NNN + 1) // 2.
+    files, so woman = (NNN + 1) // 2: mdb001 and mdb002 -> 1.
     """
     match = _MIAS_NAME.match(PurePath(str(name)).name.lower())
-    if not match:
-        return None
-    return f"mias{(int(match.group(1)) + 1) // 2:03d}"
+    return (int(match.group(1)) + 1) // 2 if match else None
+
+
+def mias_patient_id(name: str) -> str | None:
+    """The woman a mini-MIAS image belongs to: mdb001+mdb002 -> 'mias001', ... (None if no match)."""
+    woman = mias_woman(name)
+    return None if woman is None else f"mias{woman:03d}"
 
 
 def _mias_findings(src: Path) -> list[dict[str, str]]:

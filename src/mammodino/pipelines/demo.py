@@ -58,11 +58,12 @@ def _pretrained(run: Path, steps: int) -> bool:
 def run_demo(out: Path, settings: DemoSettings, log: Callable[[str], None] = print) -> Demo:
     """Every stage in order (each skipped when done); returns the demo with its stage timings."""
     from mammodino.eval.handcrafted import extract_handcrafted
+    from mammodino.preprocess.cache import is_prepared_cache
 
     demo = Demo(Path(out), settings, log=log)
     demo.out.mkdir(parents=True, exist_ok=True)
     demo.stage("synth", (demo.phantom / "labels.csv").is_file(), lambda: stages.synthesize(demo))
-    demo.stage("prepare", (demo.cache / "manifest.csv").is_file(), lambda: stages.prepare(demo))
+    demo.stage("prepare", is_prepared_cache(demo.cache), lambda: stages.prepare(demo))
     write_eval_cache(demo.cache, demo.eval_cache)
     write_labels(demo.phantom / "labels.csv", demo.labels)
     # Equal compute: both runs make the same fixed number of steps (a wall-time budget would

@@ -37,8 +37,7 @@ def _pretrain(preset: str, overrides: list[str], run: str, resume: bool, progres
 
     from mammodino.config import load_config
     from mammodino.train.distributed_trainer import train
-    from mammodino.train.hardware import resolve_hardware_defaults
-    from mammodino.train.loop import resolve_device
+    from mammodino.train.hardware import resolve_device, resolve_hardware_defaults
 
     try:
         cfg = load_config(preset=preset, overrides=overrides)
@@ -57,12 +56,12 @@ def _pretrain(preset: str, overrides: list[str], run: str, resume: bool, progres
 def _glibc_tunables(preset: str, overrides: list[str]) -> Iterator[None]:
     """GLIBC_TUNABLES set while a child starts, where a CPU run wants them (train.hardware)."""
     from mammodino.config import load_config
-    from mammodino.train.hardware import malloc_tunables
-    from mammodino.train.loop import resolve_device
+    from mammodino.train.hardware import malloc_tunables, resolve_device
 
     cfg = load_config(preset=preset, overrides=overrides)
     before = os.environ.get("GLIBC_TUNABLES")
-    tunables = malloc_tunables(cfg, resolve_device(str(cfg.train.device)), before or "")
+    device = resolve_device(str(cfg.train.device))
+    tunables = malloc_tunables(bool(cfg.train.malloc_tunables), device, before or "")
     if tunables is None:
         yield
         return

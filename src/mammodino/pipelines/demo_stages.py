@@ -47,19 +47,12 @@ def synthesize(demo: Demo) -> None:
 def prepare(demo: Demo) -> None:
     """The cache of the phantom set, with its config.yaml (what `mammodino prepare` writes)."""
     from mammodino.config import load_config
-    from mammodino.preprocess.pipeline import PrepareSettings
+    from mammodino.preprocess.pipeline import CacheOptions
     from mammodino.preprocess.prepare import run_prepare
 
     cfg = load_config()
-    section = cfg.prepare
-    section["workers"], section["cache_size"] = WORKERS, demo.settings.cache_size
-    settings = PrepareSettings(
-        cache_size=int(section.cache_size),
-        margin=float(section.margin),
-        mask_size=int(section.mask_size),
-        pectoral=bool(section.pectoral),
-        voi=str(section.voi),
-    )
+    cfg.prepare["workers"], cfg.prepare["cache_size"] = WORKERS, demo.settings.cache_size
+    settings = CacheOptions.from_config(cfg)
     salt = cfg.data.salt
     result = run_prepare(demo.phantom, demo.cache, settings, workers=WORKERS, salt=salt)
     if salt is not None:
@@ -131,21 +124,16 @@ def evaluate_all(demo: Demo, backbone: str) -> None:
 def write_eval_cache(cache: Path, out: Path) -> None:
     """A view of the cache with the FFDM images only (DBT slices pretrain but are not cases to
     classify: 12 slices of one volume would outvote the 2-D images)."""
-    with (cache / "manifest.csv").open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows = [r for r in reader if not r.get("slice_index")]
-        columns = reader.fieldnames or []
+    from mammodino.preprocess.cache import MANIFEST_COLUMNS, read_manifest, write_manifest
+
+    rows = read_manifest(cache, required=("id", "image"))
+    columns = list(rows[0]) if rows else MANIFEST_COLUMNS  # the cache's own columns
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("images", "masks"):
         link = out / sub
         if not link.exists():
             link.symlink_to(os.path.relpath(cache / sub, out), target_is_directory=True)
-    tmp = out / "manifest.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "manifest.csv")
+    write_manifest(out, [r for r in rows if not r.get("slice_index")], columns)
 
 
 def write_labels(phantom_labels: Path, out: Path) -> None:

@@ -1,7 +1,7 @@
 """The prepared cache (`mammodino prepare SRC OUT`): manifest.csv, its rows and its images.
 
 The one module that knows the cache's layout: the manifest's name and columns, how its rows are
-read, and how a cached image (uint16 PNG) and mask (uint8 PNG, 0/255) are opened. Paths in the
+read and written, and how a cached image (uint16 PNG) and mask (uint8 PNG, 0/255) are opened. Paths in the
 manifest are relative to the folder holding it. Every problem with a cache is one `CacheError`
 line naming the file and what to do. Cache <-> original coordinates live in
 preprocess/geometry.py and are re-exported here.
@@ -10,8 +10,11 @@ preprocess/geometry.py and are re-exported here.
 from __future__ import annotations
 
 import csv
+import io
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,6 +38,8 @@ __all__ = [
     "read_cached_mask",
     "read_cached_pair",
     "read_manifest",
+    "write_csv_atomic",
+    "write_manifest",
 ]
 
 MANIFEST_NAME = "manifest.csv"
@@ -114,6 +119,28 @@ def read_manifest(
     if missing:
         raise CacheError(f"{path}: manifest lacks columns {', '.join(missing)} ({_RERUN})")
     return rows
+
+
+def write_csv_atomic(path: Path, columns: Iterable[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write a CSV through a temporary file and os.replace: readers never see half a file."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def write_manifest(
+    cache: str | Path,
+    rows: Iterable[Mapping[str, Any]],
+    columns: Iterable[str] = MANIFEST_COLUMNS,
+) -> Path:
+    """Write the manifest of the cache folder `cache` (atomically); returns its path."""
+    path = Path(cache) / MANIFEST_NAME
+    write_csv_atomic(path, columns, rows)
+    return path
 
 
 def read_cached_image(path: str | Path, *, preview: bool = False) -> np.ndarray:

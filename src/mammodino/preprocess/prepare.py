@@ -8,7 +8,6 @@ that the next run removes.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import multiprocessing
 import os
@@ -23,8 +22,8 @@ from mammodino.errors import ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import IMAGE_SUFFIXES
 from mammodino.io.volumes import is_slice_folder
-from mammodino.preprocess.cache import MANIFEST_COLUMNS, MANIFEST_NAME
-from mammodino.preprocess.pipeline import PrepareSettings
+from mammodino.preprocess.cache import write_csv_atomic, write_manifest
+from mammodino.preprocess.pipeline import CacheOptions
 from mammodino.preprocess.prepare_source import (
     SourceTask,
     error_row,
@@ -132,7 +131,7 @@ def load_patients(path: str | Path | None) -> dict[str, str]:
         return {row["source"].strip(): row["patient"].strip() for row in reader}
 
 
-def _check_settings(out: Path, settings: PrepareSettings, salt: str | None) -> None:
+def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None:
     """Refuse to mix caches made with different settings or salts in one OUT."""
     record = {**asdict(settings), "salt_check": pseudonymous_id("salt-check", salt)}
     path = out / SETTINGS_FILE
@@ -190,20 +189,10 @@ def _execute(
             advance()
 
 
-def _write_csv_atomic(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buffer.getvalue())
-    os.replace(tmp, path)
-
-
 def run_prepare(
     src: str | Path,
     out: str | Path,
-    settings: PrepareSettings | None = None,
+    settings: CacheOptions | None = None,
     *,
     workers: int = 2,
     salt: str | None = None,
@@ -212,7 +201,7 @@ def run_prepare(
     progress: Callable[[int], Callable[[], None]] | None = None,
 ) -> PrepareResult:
     """Prepare every file of SRC into OUT; `progress(total)` returns a per-file callback."""
-    settings = settings or PrepareSettings()
+    settings = settings or CacheOptions()
     sources = find_sources(src)
     if not sources:
         raise ConfigError(no_sources_message(Path(src)))
@@ -237,10 +226,9 @@ def run_prepare(
         if path.exists():
             rows.extend(json.loads(path.read_text()))
             prepared += 1
-    manifest = out / MANIFEST_NAME
-    _write_csv_atomic(manifest, MANIFEST_COLUMNS, rows)
+    manifest = write_manifest(out, rows)
     errors.sort(key=lambda e: e["file"])
-    _write_csv_atomic(out / "errors.csv", ERROR_COLUMNS, errors)
+    write_csv_atomic(out / "errors.csv", ERROR_COLUMNS, errors)
     return PrepareResult(
         prepared=prepared,
         reused=len(tasks) - len(todo),

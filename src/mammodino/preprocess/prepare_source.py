@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from mammodino.io.meta import ImageMeta, MammoImage
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import read_image
 from mammodino.io.volumes import is_volume, mean_projection, open_volume
+from mammodino.labels.mini_mias import mias_woman
 from mammodino.preprocess.cache import MANIFEST_COLUMNS
 from mammodino.preprocess.pipeline import (
-    PrepareSettings,
+    CacheOptions,
     plan_cache,
     render_image,
     render_mask,
@@ -28,7 +28,6 @@ from mammodino.preprocess.pipeline import (
     write_png_atomic,
 )
 
-MINI_MIAS_NAME = re.compile(r"^mdb(\d{3})$", re.IGNORECASE)
 PATIENT_RULES = ("auto", "none", "mini-mias")
 
 
@@ -39,7 +38,7 @@ class SourceTask:
     path: str  # absolute
     source: str  # relative to SRC: what the manifest shows
     out: str
-    settings: PrepareSettings
+    settings: CacheOptions
     salt: str | None
     patient_key: str = ""  # from --patients CSV; '' when not given
     patient_rule: str = "auto"
@@ -61,11 +60,9 @@ def _patient(task: SourceTask, meta: ImageMeta) -> tuple[str, str]:
         return pseudonymous_id(f"patient:{meta.patient_key}", task.salt), "dicom"
     if task.patient_key:
         return pseudonymous_id(f"patient:{task.patient_key}", task.salt), "csv"
-    match = MINI_MIAS_NAME.match(Path(task.source).stem)
-    if match and task.patient_rule in ("auto", "mini-mias"):
-        # mini-MIAS stores each woman's right (odd) and left (even) MLO as consecutive numbers.
-        pair = (int(match.group(1)) + 1) // 2
-        return pseudonymous_id(f"patient:mini-mias-{pair}", task.salt), "rule"
+    woman = mias_woman(task.source) if task.patient_rule in ("auto", "mini-mias") else None
+    if woman is not None:
+        return pseudonymous_id(f"patient:mini-mias-{woman}", task.salt), "rule"
     return pseudonymous_id(f"patient:{task.source}", task.salt), "image"
 
 

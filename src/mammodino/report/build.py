@@ -3,7 +3,6 @@ sampled crops, attention maps, patch-feature PCA and lesion heat maps in one HTM
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -12,6 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mammodino.preprocess.cache import (
+    cache_folder,
+    is_prepared_cache,
+    read_cached_float,
+    read_cached_mask,
+    read_manifest,
+)
 from mammodino.report import figures
 from mammodino.report import html as H
 from mammodino.report.results import (
@@ -44,11 +50,6 @@ def read_metrics(path: Path) -> list[dict]:
     return records
 
 
-def _manifest(cache: Path) -> list[dict[str, str]]:
-    with (cache / "manifest.csv").open(newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _pick_rows(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
     """A few 2-D mammograms (FFDM first; for DBT only the central slice), spread over the cache."""
     flat = [r for r in rows if not r.get("slice_index")]
@@ -64,13 +65,11 @@ def _pick_rows(rows: list[dict[str, str]], n: int) -> list[dict[str, str]]:
 
 
 def _load_pair(cache: Path, row: dict[str, str]) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
-
-    from mammodino.eval.embed_run import load_cache_image
-
-    mask = cv2.imread(str(cache / row["mask"]), cv2.IMREAD_UNCHANGED) if row.get("mask") else None
-    image = load_cache_image(cache, row)
-    return image, (mask if mask is not None else np.ones_like(image))
+    """(image in [0, 1], breast mask; all ones for a row without one) of a manifest row."""
+    image = read_cached_float(cache, row)
+    if not row.get("mask"):
+        return image, np.ones_like(image)
+    return image, read_cached_mask(cache / row["mask"], image.shape)
 
 
 def _short_run_warning(runs: Sequence[RunFacts]) -> str:
@@ -243,8 +242,9 @@ def _section_evaluation(results: Sequence[EvalResult], runs: Sequence[RunFacts] 
 
 def _section_crops(cfg) -> str:
     from mammodino.report.model_views import sample_crops
+    from mammodino.settings import Settings
 
-    samples = sample_crops(cfg, N_CROP_SAMPLES)
+    samples = sample_crops(Settings.from_config(cfg), N_CROP_SAMPLES)
     note = (
         f"crops.sampler={cfg.crops.sampler}, masking.mode={cfg.masking.mode}: per sample the global "
         "crops, the tissue fraction of each ViT patch (yellow = all breast) and the iBOT mask "
@@ -254,13 +254,13 @@ def _section_crops(cfg) -> str:
 
 
 def _section_backbone(run: Path, cache: Path) -> str:
-    from mammodino.eval.embed import load_backbone
+    from mammodino.eval.backbone import load_backbone
     from mammodino.report.model_views import canvas_image, cls_attention, patch_pca_rgb
 
     # At the size the run trained at (its global crops): a larger input shows the network
     # positions it never saw, which would make its maps look finer than what it learnt.
     backbone = load_backbone(run)
-    rows = _pick_rows(_manifest(cache), N_IMAGES)
+    rows = _pick_rows(read_manifest(cache, required=("id", "image")), N_IMAGES)
     pairs = [_load_pair(cache, r) for r in rows]
     images = [p[0] for p in pairs]
     attention = cls_attention(backbone, images)
@@ -291,9 +291,9 @@ def _section_heatmaps(results: Sequence[EvalResult], cache: Path | None) -> str:
             '<p class="note">No heat maps: run `mammodino eval --localization` on patch-grid '
             "features (embed --patch-grid).</p>"
         )
-    if cache is None or not (cache / "manifest.csv").is_file():
+    if cache is None or not is_prepared_cache(cache):
         return '<p class="note">Heat maps found but the run\'s cache (data.source) is missing.</p>'
-    rows = {r["id"]: r for r in _manifest(cache)}
+    rows = {r["id"]: r for r in read_manifest(cache, required=("id", "image"))}
     first = np.load(with_maps[0].folder / "heatmaps.npz", allow_pickle=False)
     ids = [str(i) for i in first["ids"]]
     lesion = [i for i, m in zip(ids, first["lesion_masks"], strict=True) if m.any() and i in rows]
@@ -353,7 +353,7 @@ def build_report(
     folders = [p for p in [run / "eval", *map(Path, evals)] if p.exists()]
     results = find_results(folders)
     source = cfg.data.source if cfg is not None else None
-    cache = Path(source) if source and (Path(source) / "manifest.csv").is_file() else None
+    cache = cache_folder(source) if source and is_prepared_cache(source) else None
     runs = [f for f in (run_facts(r) for r in [run, *map(Path, compare)]) if f is not None]
     sections = [
         ("training", "Training curves", _section_training(run, runs)),

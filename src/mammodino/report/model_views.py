@@ -4,13 +4,13 @@ patch features inside the breast (DINOv2's figure), and sampled training crops w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
-from mammodino.eval.embed import Backbone, square_canvas
+from mammodino.eval.backbone import Backbone, square_canvas
+from mammodino.settings import Settings
 
 
 def _batch(backbone: Backbone, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -80,11 +80,11 @@ def canvas_image(image: np.ndarray) -> np.ndarray:
     return square_canvas(np.asarray(image, dtype=np.float32))
 
 
-def sample_crops(cfg: Any, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+def sample_crops(settings: Settings, n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """`n` items of the run's own pretraining data set (its crops, tissue grids, iBOT masks)."""
     from mammodino.data.dataset import build_pretrain_dataset
 
-    dataset = build_pretrain_dataset(cfg)
+    dataset = build_pretrain_dataset(settings)
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
     samples = []

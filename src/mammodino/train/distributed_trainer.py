@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 
-from mammodino.data.streaming import merge_stream_states
+from mammodino.config import Config
+from mammodino.data.shard_stream import merge_stream_states
 from mammodino.errors import ConfigError
 from mammodino.train import parallel as D
-from mammodino.train.loop import PRECISIONS, StepResult, Trainer
+from mammodino.train.hardware import PRECISIONS
+from mammodino.train.loop import Trainer
 from mammodino.train.param_groups import build_optimizer, build_param_groups
+from mammodino.train.step import StepResult
 
 KOLEO_MODES = ("per_rank", "gathered")
 
@@ -40,32 +43,31 @@ class DistributedTrainer(Trainer):
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         output_dir: str | Path,
         resume: bool = False,
         dataset: torch.utils.data.Dataset | None = None,
         show_progress: bool = True,
     ) -> None:
-        self.ctx = D.init_distributed(str(cfg["train"]["device"]))
-        dist_cfg = cfg["distributed"]
-        if dist_cfg["koleo"] not in KOLEO_MODES:
-            raise ConfigError(f"distributed.koleo {dist_cfg['koleo']!r} not in {KOLEO_MODES}")
+        self.ctx = D.init_distributed(str(cfg.train.device))
+        if cfg.distributed.koleo not in KOLEO_MODES:  # checked before the run folder is written
+            raise ConfigError(f"distributed.koleo {cfg.distributed.koleo!r} not in {KOLEO_MODES}")
         show = show_progress and self.ctx.is_main
         super().__init__(cfg, output_dir, resume, dataset, show)
-        optim = cfg["optim"]
+        s = self.settings
         optim_state = self._optimizer_state_by_name() if resume else None
-        strategy = str(dist_cfg["strategy"])
+        strategy = s.distributed.strategy
         # The ViT checkpoints its own blocks (model flag set from distributed.activation_checkpointing).
-        options = {"strategy": strategy, "param_dtype": PRECISIONS[cfg["train"]["precision"]]}
+        options = {"strategy": strategy, "param_dtype": PRECISIONS[s.train.precision]}
         D.parallelize_all(self.model.student, self.ctx, **options)
         D.parallelize_all(self.model.teacher, self.ctx, trainable=False, **options)
         if strategy == "fsdp" and self.ctx.enabled:
             # fully_shard replaced the parameters by sharded ones: a new optimiser over those.
-            groups = build_param_groups(self.model.student, optim, self.model.depth)
-            self.optimizer = build_optimizer(groups, optim)
+            groups = build_param_groups(self.model.student, s.optim, self.model.depth)
+            self.optimizer = build_optimizer(groups, s.optim.betas)
             if optim_state is not None:
                 D.load_full_state_dicts(self.model.student, self.optimizer, None, optim_state)
-        if dist_cfg["koleo"] == "gathered" and self.ctx.enabled:
+        if s.distributed.koleo == "gathered" and self.ctx.enabled:
             self.model.koleo_loss = D.GatherInputs(self.model.koleo_loss)
         if not self.ctx.is_main:
             self.metrics = _NoMetrics()
@@ -118,7 +120,9 @@ class DistributedTrainer(Trainer):
             D.cleanup_distributed()
 
 
-def train(cfg: Any, output_dir: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+def train(
+    cfg: Config, output_dir: str | Path, resume: bool = False, **kwargs: Any
+) -> dict[str, Any]:
     """Run or resume pretraining: distributed under torchrun (WORLD_SIZE > 1), else one process."""
     import os
 

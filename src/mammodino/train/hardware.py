@@ -4,7 +4,8 @@
 with AVX-512-BF16 or AMX), else fp32: on a CPU without it, bf16 runs 10-50x slower than fp32.
 `data.num_workers` above the cores this process may use is capped (torch would warn and the extra
 workers only compete for the same cores). Each resolution gives the line the command prints.
-CPU training also starts with glibc allocator settings (`train.malloc_tunables`).
+CPU training also starts with glibc allocator settings (`train.malloc_tunables`). `train.device:
+auto` is CUDA where present.
 """
 
 from __future__ import annotations
@@ -12,17 +13,28 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from mammodino.config import Config
 from mammodino.errors import ConfigError
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# The autocast dtype of each resolved precision (fp32: no autocast).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # Keep buffers above 128 KiB mapped instead of returning them to the kernel after each step: the
 # 65536-wide head logits are ~100 MB and were page-faulted in again every step (REFERENCES.md).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+    return torch.device(name)
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
@@ -90,22 +102,26 @@ def cap_workers(requested: int, cores: int | None = None) -> tuple[int, str | No
 
 
 def resolve_hardware_defaults(
-    cfg: Any, device: torch.device, flags: set[str] | None = None, cores: int | None = None
+    cfg: Config, device: torch.device, flags: set[str] | None = None, cores: int | None = None
 ) -> list[str]:
-    """Resolve `train.precision` and cap `data.num_workers` in `cfg` in place; the lines to print."""
-    train, data = cfg["train"], cfg["data"]
-    train["precision"], precision_line = resolve_precision(str(train["precision"]), device, flags)
-    data["num_workers"], workers_line = cap_workers(int(data["num_workers"]), cores)
+    """Resolve `train.precision` and cap `data.num_workers` in `cfg` in place; the lines to print.
+
+    A step of config resolution (before `Settings.from_config`): the resolved values are the
+    ones written to RUN/config.yaml.
+    """
+    train, data = cfg.train, cfg.data
+    train.precision, precision_line = resolve_precision(str(train.precision), device, flags)
+    data.num_workers, workers_line = cap_workers(int(data.num_workers), cores)
     return [line for line in (precision_line, workers_line) if line]
 
 
-def malloc_tunables(cfg: Any, device: torch.device, current: str = "") -> str | None:
+def malloc_tunables(enabled: bool, device: torch.device, current: str = "") -> str | None:
     """The GLIBC_TUNABLES a CPU training process should start with (`current` plus ours), or None
     where they do not apply (not CPU, not glibc Linux, `train.malloc_tunables` off, already set).
 
     glibc reads them only at process start: callers re-exec, or start a child process with them.
     """
-    if device.type != "cpu" or not cfg["train"]["malloc_tunables"] or "mmap_threshold" in current:
+    if device.type != "cpu" or not enabled or "mmap_threshold" in current:
         return None
     if not sys.platform.startswith("linux"):
         return None

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from mammodino.settings import HealthSettings
+
 
 @torch.no_grad()
 def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
@@ -105,19 +107,15 @@ class HealthDetector:
     """
 
     n_prototypes: int
-    tolerance: float = 0.01
-    min_effective_rank: float = 1.5
-    patience: int = 20
+    tolerance: float
+    min_effective_rank: float
+    patience: int
 
     @classmethod
-    def from_config(cls, cfg) -> HealthDetector:
-        """The detector of config section `health` for the run's DINO head."""
-        section = cfg["health"]
+    def from_settings(cls, health: HealthSettings, n_prototypes: int) -> HealthDetector:
+        """The detector of section `health` for a DINO head of `n_prototypes`."""
         return cls(
-            n_prototypes=int(cfg["heads"]["dino_out_dim"]),
-            tolerance=float(section["plateau_tolerance"]),
-            min_effective_rank=float(section["min_effective_rank"]),
-            patience=int(section["patience"]),
+            n_prototypes, health.plateau_tolerance, health.min_effective_rank, health.patience
         )
 
     def __post_init__(self) -> None:

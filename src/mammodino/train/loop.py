@@ -5,12 +5,14 @@ micro-batches of `data.batch_size` images, each loss divided by A. What stays pe
 teacher centering / Sinkhorn-Knopp (normalised over that micro-batch's crops and masked tokens;
 EMA centering is updated once per micro-batch), KoLeo (nearest neighbours among that
 micro-batch's images) and the iBOT per-image weights. The lr scales with the global batch
-(micro-batch x A x ranks). Schedules, EMA and clipping run once per optimiser step.
+(micro-batch x A x ranks). Schedules, EMA and clipping run once per optimiser step (train/step.py).
 
 Non-finite losses: the step is skipped (no optimiser or EMA update, the data is consumed), the
 terms and the parameters with non-finite gradients are logged; `train.max_nonfinite_steps` in a
-row keep a checkpoint and stop with NonFiniteLossError. With fp16 the GradScaler skips steps
-whose gradients overflow by itself (that is how it finds its scale), so only losses count there.
+row keep a checkpoint and stop with NonFiniteLossError.
+
+`Trainer(cfg, ...)` takes the config, resolves its hardware defaults (written to config.yaml) and
+parses it once into `Settings`; everything it builds gets settings or plain values.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +28,18 @@ import numpy as np
 import torch
 import yaml
 
-from mammodino.data.collate import collate_pretrain
-from mammodino.data.dataset import build_sampler
-from mammodino.data.shard_pretrain import build_streaming_pretrain_dataset, is_shard_source
-from mammodino.data.streaming import ResumableLoader, StreamingShardDataset
+from mammodino.config import Config
+from mammodino.data.shard_stream import ResumableLoader, StreamingShardDataset
 from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
+from mammodino.settings import Settings
+from mammodino.train.batches import build_dataset, sampled_batches, stream_loader
 from mammodino.train.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
 )
-from mammodino.train.ema import ema_update
-from mammodino.train.hardware import resolve_hardware_defaults
+from mammodino.train.hardware import PRECISIONS, resolve_device, resolve_hardware_defaults
 from mammodino.train.health import HealthDetector
 from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.metrics_log import MetricsLog, ProgressDisplay
@@ -47,28 +47,7 @@ from mammodino.train.monitor import KNNMonitor
 from mammodino.train.param_groups import apply_schedules, build_optimizer, build_param_groups
 from mammodino.train.resume_keys import RESUMABLE_CHANGES, changed_keys  # noqa: F401 (re-export)
 from mammodino.train.schedules import build_schedules
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class StepResult:
-    """Loss terms of one optimiser step (mean over micro-batches) and what went wrong, if anything."""
-
-    losses: dict[str, float]
-    grad_norm: float = float("nan")
-    skipped: bool = False
-    bad_terms: list[str] = field(default_factory=list)
-    bad_params: list[str] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
-    return torch.device(name)
+from mammodino.train.step import StepResult, optimizer_step
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -80,50 +59,44 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def nonfinite_grad_names(module: torch.nn.Module) -> list[str]:
-    """Names of parameters whose gradient holds NaN or inf."""
-    return [
-        name
-        for name, p in module.named_parameters()
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    ]
-
-
 class Trainer:
     """One pretraining run in `output_dir`: config.yaml, metrics.jsonl and checkpoints/."""
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         output_dir: str | Path,
         resume: bool = False,
         dataset: torch.utils.data.Dataset | None = None,
         show_progress: bool = True,
     ) -> None:
-        self.cfg, self.out, self.show_progress = cfg, Path(output_dir), show_progress
-        train, optim = cfg["train"], cfg["optim"]
-        self.device = resolve_device(str(train["device"]))
+        self.out, self.show_progress = Path(output_dir), show_progress
+        self.device = resolve_device(str(cfg.train.device))
         # precision auto -> bf16 or fp32, workers capped by cores; the command prints why.
         resolve_hardware_defaults(cfg, self.device)
-        seed_everything(int(train["seed"]), bool(train["deterministic"]))
-        self.model = MammoDINO(cfg).to(self.device)
-        if bool(train["compile"]):
+        self.settings = s = Settings.from_config(cfg)
+        # The resolved config: config.yaml, every checkpoint, and what a resume must match.
+        self.config = cfg.to_dict()
+        train, optim = s.train, s.optim
+        seed_everything(train.seed, train.deterministic)
+        self.model = MammoDINO(s).to(self.device)
+        if train.compile:
             self.model.compile_blocks()
-        init, self.init_warmup_steps = cfg["model"]["init"], int(cfg["model"]["init_warmup_steps"])
-        if init and not resume:  # on resume the checkpoint holds the weights
-            self.model.init_backbones(init)
+        self.init_warmup_steps = s.model.init_warmup_steps
+        if s.model.init and not resume:  # on resume the checkpoint holds the weights
+            self.model.init_backbones(s.model.init)
         self.optimizer = build_optimizer(
-            build_param_groups(self.model.student, optim, self.model.depth), optim
+            build_param_groups(self.model.student, optim, self.model.depth), optim.betas
         )
-        self.dtype = PRECISIONS[train["precision"]]
+        self.dtype = PRECISIONS[train.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.accumulate = int(optim["accumulate_steps"])
+        self.accumulate = optim.accumulate_steps
         world_size = self._rank_and_world_size()[1]  # every rank's micro-batches count
-        self.global_batch = int(cfg["data"]["batch_size"]) * self.accumulate * world_size
-        self.schedules = build_schedules(cfg, self.global_batch)
-        self.stop_step = min(self.schedules.total_steps, int(optim["max_steps"] or 1 << 62))
-        self.ckpt = CheckpointManager(self.out / "checkpoints", int(train["keep_checkpoints"]))
-        self.dataset = dataset if dataset is not None else _build_dataset(cfg)
+        self.global_batch = s.data.batch_size * self.accumulate * world_size
+        self.schedules = build_schedules(optim, s.teacher, self.global_batch)
+        self.stop_step = min(self.schedules.total_steps, optim.max_steps or 1 << 62)
+        self.ckpt = CheckpointManager(self.out / "checkpoints", train.keep_checkpoints)
+        self.dataset = dataset if dataset is not None else build_dataset(s)
         # Shards (issue 7): an endless stream whose position is the loader's state, not an index.
         self.streaming = isinstance(self.dataset, StreamingShardDataset)
         self.loader: ResumableLoader | None = None
@@ -138,16 +111,14 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         cfg.save(self.out / "config.yaml")
         self.metrics = MetricsLog(self.out / "metrics.jsonl", self.step if resume else None)
-        self.monitor = KNNMonitor.from_config(cfg)
-        self.health = HealthDetector.from_config(cfg)
+        self.monitor = KNNMonitor.from_settings(s.monitor, s.crops.global_size)
+        self.health = HealthDetector.from_settings(s.health, s.heads.dino_out_dim)
 
     def run(self) -> dict[str, Any]:
         """Train until the schedule ends, `optim.max_steps` or `optim.max_minutes`; returns the last
         logged record."""
-        max_seconds = 60.0 * float(self.cfg["optim"]["max_minutes"] or math.inf)
-        log_every, ckpt_every = (
-            int(self.cfg["train"][k]) for k in ("log_every", "checkpoint_every")
-        )
+        max_seconds = 60.0 * (self.settings.optim.max_minutes or math.inf)
+        log_every, ckpt_every = self.settings.train.log_every, self.settings.train.checkpoint_every
         batches, started, window, record = self._batches(), time.monotonic(), [], {}
         if self.monitor is not None and self.step == 0:
             self.metrics.write(record := {"step": 0, **self._probe()})
@@ -178,54 +149,21 @@ class Trainer:
         self, micro_batches: list[dict[str, Any]], values: dict[str, float]
     ) -> StepResult:
         """One optimiser step over accumulated micro-batches, then the teacher EMA update."""
-        student, n = self.model.student, len(micro_batches)
-        frozen = self.backbone_frozen
-        if self.init_warmup_steps and not _distributed():
+        return optimizer_step(
+            self.model,
+            self.optimizer,
+            self.scaler,
+            micro_batches,
+            values,
+            device=self.device,
+            autocast=self._autocast,
+            clip_grad=self.settings.optim.clip_grad,
+            frozen=self.backbone_frozen,
             # One process: no backward through a frozen backbone at all. DDP/FSDP2 keep the
-            # parameters they were built with, so there the gradients are dropped below instead.
-            student["backbone"].requires_grad_(not frozen)
-        totals: dict[str, torch.Tensor] = {}
-        for batch in micro_batches:
-            batch = {
-                k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in batch.items()
-            }
-            with self._autocast():
-                losses = self.model(batch, values["teacher_temp"])
-            self.scaler.scale(losses["loss"] / n).backward()
-            # Every `loss` / `loss/<term>` the model returns is logged (issue 5 adds loss/slice).
-            for key, value in losses.items():
-                value = torch.as_tensor(value).detach().to(self.device, torch.float32) / n
-                totals[key] = totals[key] + value if key in totals else value
-        # One host sync for all logged values (each float() would wait for the device).
-        sums = dict(zip(totals, torch.stack(list(totals.values())).tolist(), strict=True))
-        bad_terms = [k for k, v in sums.items() if not math.isfinite(v) and k != "loss"]
-        if not bad_terms and not math.isfinite(sums["loss"]):
-            bad_terms = ["loss"]  # finite terms, non-finite weighted sum (an inf weight)
-        grad_norm = float("nan")
-        if frozen:
-            # No gradient: AdamW skips these parameters (no update, no moments, no decay).
-            for param in student["backbone"].parameters():
-                param.grad = None
-        if not bad_terms:
-            self.scaler.unscale_(self.optimizer)
-            clip = float(self.cfg["optim"]["clip_grad"])
-            # DINOv2 clips the backbone and each head separately.
-            norms = [torch.nn.utils.clip_grad_norm_(m.parameters(), clip) for m in student.values()]
-            grad_norm = float(torch.stack(norms).norm())
-            if not math.isfinite(grad_norm) and self.dtype != torch.float16:
-                bad_terms = ["gradients"]
-        if bad_terms:
-            result = StepResult(sums, grad_norm, True, bad_terms, nonfinite_grad_names(student))
-            self.optimizer.zero_grad(set_to_none=True)
-            return result
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        for part, module in student.items():
-            if not (frozen and part == "backbone"):  # a frozen backbone's EMA is the identity
-                ema_update(module, self.model.teacher[part], values["momentum"])
-        return StepResult(sums, grad_norm)
+            # parameters they were built with, so there the gradients are dropped instead.
+            freeze_in_place=bool(self.init_warmup_steps) and not _distributed(),
+            fp16=self.dtype == torch.float16,
+        )
 
     @property
     def backbone_frozen(self) -> bool:
@@ -253,7 +191,7 @@ class Trainer:
             "data": self._data_state(),
             "rng": capture_rng_state(),
             "arch": self.model.student["backbone"].arch_dict(),
-            "config": yaml.safe_dump(self.cfg.to_dict(), sort_keys=False),
+            "config": yaml.safe_dump(self.config, sort_keys=False),
         }
 
     def _weight_states(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -262,7 +200,7 @@ class Trainer:
         return student.state_dict(), teacher.state_dict(), self.optimizer.state_dict()
 
     def _load(self, payload: dict[str, Any]) -> None:
-        changed = changed_keys(yaml.safe_load(payload["config"]), self.cfg.to_dict())
+        changed = changed_keys(yaml.safe_load(payload["config"]), self.config)
         if changed:
             raise ConfigError(
                 f"resume with a different config would not continue exactly: {changed}"
@@ -299,51 +237,17 @@ class Trainer:
         """This process's stream position (DistributedTrainer merges those of all ranks)."""
         return self.loader.state_dict() if self.loader is not None else self.stream_resume
 
-    def _stream_batches(self):
-        """Endless micro-batches of the shard stream, from the resumed position if any."""
-        data = self.cfg["data"]
-        workers = int(data["num_workers"])
-        self.loader = ResumableLoader(
-            self.dataset,
-            batch_size=int(data["batch_size"]),
-            collate_fn=collate_pretrain,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=workers > 0,
-            # As in _batches: starting the loader must not draw from the global torch RNG.
-            generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
-        )
-        if self.stream_resume is not None:
-            self.loader.load_state_dict(self.stream_resume)
-        return iter(self.loader)
-
     def _batches(self):
         """Endless micro-batches from the data position (deterministic, resumable order)."""
+        data, seed = self.settings.data, self.settings.train.seed
+        pin_memory = self.device.type == "cuda"
         if self.streaming:
-            return self._stream_batches()
-        data = self.cfg["data"]
+            self.loader = stream_loader(self.dataset, data, seed, self.stream_resume, pin_memory)
+            return iter(self.loader)
         rank, world_size = self._rank_and_world_size()
-        # A mixed FFDM + DBT set gets its per-batch DBT quota (MixedSampler), others ResumableSampler.
-        sampler = build_sampler(
-            self.dataset, int(self.cfg["train"]["seed"]), self.position, rank, world_size,
-            batch_size=int(data["batch_size"]),
-        )  # fmt: skip
-        workers = int(data["num_workers"])
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=int(data["batch_size"]),
-            sampler=sampler,
-            num_workers=workers,
-            collate_fn=collate_pretrain,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=workers > 0,
-            # Own generator: creating the loader must not draw from the global torch RNG, or a
-            # resumed run would diverge from a straight one.
-            generator=torch.Generator().manual_seed(int(self.cfg["train"]["seed"])),
+        return sampled_batches(
+            self.dataset, data, seed, self.position, rank, world_size, pin_memory
         )
-        return iter(loader)
 
     def _rank_and_world_size(self) -> tuple[int, int]:
         """This process's share of the sample order: all of it (a distributed run overrides)."""
@@ -362,7 +266,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _probe_due(self, last: bool) -> bool:
-        every = int(self.cfg["monitor"]["every"])
+        every = self.settings.monitor.every
         return self.monitor is not None and (self.step % every == 0 or last)
 
     def _probe(self) -> dict[str, float]:
@@ -388,7 +292,7 @@ class Trainer:
             f"step {self.step}: non-finite {', '.join(result.bad_terms)}; step skipped; "
             f"non-finite gradients in: {shown or 'none'}"
         )
-        limit = int(self.cfg["train"]["max_nonfinite_steps"])
+        limit = self.settings.train.max_nonfinite_steps
         if self.nonfinite_in_a_row >= limit:
             path = self.save()
             raise NonFiniteLossError(
@@ -432,16 +336,8 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _build_dataset(cfg: Any):
-    """The cache / image folder data set, or an endless stream when data.source is shards."""
-    from mammodino.data.dataset import build_pretrain_dataset
-
-    source = cfg["data"]["source"]
-    if source is not None and is_shard_source(source):
-        return build_streaming_pretrain_dataset(cfg, source)
-    return build_pretrain_dataset(cfg)
-
-
-def train(cfg: Any, output_dir: str | Path, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+def train(
+    cfg: Config, output_dir: str | Path, resume: bool = False, **kwargs: Any
+) -> dict[str, Any]:
     """Run (or resume) a pretraining run; returns the last logged metrics record."""
     return Trainer(cfg, output_dir, resume=resume, **kwargs).run()

@@ -23,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from mammodino.config import Config
 from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
 from mammodino.models.vit import build_vit
+from mammodino.settings import ModelSettings, Settings, as_settings
 from mammodino.train.health import (
     cls_spread,
     normalised_entropy,
@@ -35,40 +37,44 @@ from mammodino.train.health import (
 from mammodino.train.slice_objective import SliceObjective
 
 
-def build_backbone(cfg: Any) -> nn.Module:
-    """The student ViT of `cfg.model` at the global crop size."""
-    model = cfg["model"]
+def build_backbone(
+    model: ModelSettings, img_size: int, activation_checkpointing: bool = False
+) -> nn.Module:
+    """The student ViT of section `model` at `img_size` (the global crop size)."""
     return build_vit(
-        model["arch"],
-        img_size=int(cfg["crops"]["global_size"]),
-        patch_size=int(model["patch_size"]),
-        in_chans=int(model["in_chans"]),
-        num_register_tokens=int(model["num_register_tokens"]),
-        layerscale_init=model["layerscale_init"],
-        drop_path_rate=float(model["drop_path_rate"]),
-        activation_checkpointing=bool(cfg["distributed"]["activation_checkpointing"]),
+        model.arch,
+        img_size=img_size,
+        patch_size=model.patch_size,
+        in_chans=model.in_chans,
+        num_register_tokens=model.num_register_tokens,
+        layerscale_init=model.layerscale_init,
+        drop_path_rate=model.drop_path_rate,
+        activation_checkpointing=activation_checkpointing,
     )
 
 
 class MammoDINO(nn.Module):
     """Student, teacher, their heads, the losses and the centering state of one run."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Settings | Config) -> None:
         super().__init__()
-        heads, dino = cfg["heads"], cfg["dino"]
-        backbone = build_backbone(cfg)
+        s = as_settings(cfg)
+        heads, dino = s.heads, s.dino
+        backbone = build_backbone(
+            s.model, s.crops.global_size, s.distributed.activation_checkpointing
+        )
         head_args = {
-            "hidden_dim": int(heads["dino_hidden_dim"]),
-            "bottleneck_dim": int(heads["dino_bottleneck_dim"]),
-            "nlayers": int(heads["dino_nlayers"]),
-            "batch_norm": bool(heads["dino_batch_norm"]),
+            "hidden_dim": heads.dino_hidden_dim,
+            "bottleneck_dim": heads.dino_bottleneck_dim,
+            "nlayers": heads.dino_nlayers,
+            "batch_norm": heads.dino_batch_norm,
         }
         student = {
             "backbone": backbone,
-            "dino_head": DINOHead(backbone.embed_dim, int(heads["dino_out_dim"]), **head_args),
+            "dino_head": DINOHead(backbone.embed_dim, heads.dino_out_dim, **head_args),
         }
-        self.separate_ibot_head = bool(heads["ibot_separate_head"])
-        ibot_dim = int(heads["ibot_out_dim"] if self.separate_ibot_head else heads["dino_out_dim"])
+        self.separate_ibot_head = heads.ibot_separate_head
+        ibot_dim = heads.ibot_out_dim if self.separate_ibot_head else heads.dino_out_dim
         if self.separate_ibot_head:
             student["ibot_head"] = DINOHead(backbone.embed_dim, ibot_dim, **head_args)
         self.student = nn.ModuleDict(student)
@@ -79,27 +85,29 @@ class MammoDINO(nn.Module):
         self.teacher.eval()
 
         self.weights = {
-            "dino": float(dino["loss_weight"]),
-            "ibot": float(cfg["ibot"]["loss_weight"]),
-            "koleo": float(dino["koleo_loss_weight"]),
+            "dino": dino.loss_weight,
+            "ibot": s.ibot.loss_weight,
+            "koleo": dino.koleo_loss_weight,
         }
         # DBT cross-slice objective (docs/tomosynthesis.md): its projection heads join the student
         # and teacher, so EMA, optimiser groups and checkpoints cover them. Weight 0 builds none,
         # and so does data.dbt_fraction=0: such batches never carry slice pairs (FFDM-only runs
         # keep their parameters and checkpoint layout).
         self.slice_objective = None
-        if float(cfg["dbt"]["slice_loss_weight"]) > 0 and float(cfg["data"]["dbt_fraction"]) > 0:
-            self.slice_objective = SliceObjective.from_cfg(cfg, backbone.embed_dim)
+        if s.dbt.slice_loss_weight > 0 and s.data.dbt_fraction > 0:
+            self.slice_objective = SliceObjective.from_settings(
+                s.dbt, s.masking.patch_tissue_threshold, backbone.embed_dim
+            )
             self.slice_objective.attach(self.student, self.teacher)
-            self.weights["slice"] = float(cfg["dbt"]["slice_loss_weight"])
-        centering = (str(dino["centering"]), float(dino["center_momentum"]))
-        iterations = int(dino["sinkhorn_iterations"])
+            self.weights["slice"] = s.dbt.slice_loss_weight
         self.dino_centering = build_centering(
-            centering[0], int(heads["dino_out_dim"]), centering[1], iterations
+            dino.centering, heads.dino_out_dim, dino.center_momentum, dino.sinkhorn_iterations
         )
-        self.ibot_centering = build_centering(centering[0], ibot_dim, centering[1], iterations)
-        self.dino_loss = DINOLoss(float(dino["student_temp"]))
-        self.ibot_loss = IBOTPatchLoss(float(dino["student_temp"]))
+        self.ibot_centering = build_centering(
+            dino.centering, ibot_dim, dino.center_momentum, dino.sinkhorn_iterations
+        )
+        self.dino_loss = DINOLoss(dino.student_temp)
+        self.ibot_loss = IBOTPatchLoss(dino.student_temp)
         self.koleo_loss = KoLeoLoss()
         # Teacher argmax prototypes since the last log line (dino/prototypes_used_window): a flag
         # per prototype on the device, so that no step waits for the host to read argmaxes.
@@ -122,6 +130,10 @@ class MammoDINO(nn.Module):
 
         # A block that cannot be compiled here (no C++ compiler, unsupported op) runs eagerly.
         torch._dynamo.config.suppress_errors = True
+        # All blocks share one code object, so their graphs share one cache: student with grads
+        # at two token counts, teacher without, each again while the backbone is frozen (model.
+        # init warm-up) and the monitor's batch sizes. Past the limit blocks would run eagerly.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
         blocks = [*self.student["backbone"].blocks, *self.teacher["backbone"].blocks]
         for block in blocks:
             block.compile()
@@ -237,7 +249,9 @@ class MammoDINO(nn.Module):
         """Learning-health signals of one micro-batch (train/health.py)."""
         probs = teacher["dino_probs"]
         if self.prototypes_seen is None:
-            self.prototypes_seen = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
+            self.prototypes_seen = torch.zeros(
+                probs.shape[-1], dtype=torch.bool, device=probs.device
+            )
         self.prototypes_seen[probs.argmax(dim=-1)] = True
         agreement = student_teacher_agreement(
             probs, student["global_logits"], n_global, student["local_logits"]

@@ -15,7 +15,6 @@ import csv
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path, PurePath
-from typing import Any
 
 import cv2
 import numpy as np
@@ -24,6 +23,8 @@ from torch import nn
 
 from mammodino.errors import ConfigError
 from mammodino.labels.mini_mias import mias_patient_id
+from mammodino.preprocess.cache import read_cached_float, read_manifest
+from mammodino.settings import MonitorSettings
 
 KNN_TEMPERATURE = 0.07  # DINO's k-NN evaluation weights neighbours by exp(similarity / 0.07)
 
@@ -74,12 +75,10 @@ def square_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def load_monitor_images(
-    cache: Path, labels_csv: Path, mon_cfg: Any, image_size: int
+    cache: Path, labels_csv: Path, monitor: MonitorSettings, image_size: int
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Images [N, 1, S, S] in [0, 1], integer labels and patient groups of the labelled cache rows."""
-    from mammodino.data.dataset import read_pixels
-
-    label_column, label_key = mon_cfg["label_column"], mon_cfg["labels_key"]
+    label_column, label_key = monitor.label_column, monitor.labels_key
     labels_by_key = {}
     for row in _read_csv(labels_csv):
         if label_column not in row or label_key not in row:
@@ -90,20 +89,17 @@ def load_monitor_images(
         if row[label_column].strip():
             labels_by_key[PurePath(row[label_key]).name] = row[label_column].strip()
     images, names, groups = [], [], []
-    for row in _read_csv(cache / "manifest.csv"):
-        key = PurePath(row.get(mon_cfg["manifest_key"], "")).name
+    for row in read_manifest(cache, required=("image",)):
+        key = PurePath(row.get(monitor.manifest_key, "")).name
         if key not in labels_by_key:
             continue
-        pixels, full_scale = read_pixels(cache / row["image"])
-        images.append(
-            torch.from_numpy(square_thumbnail(pixels / np.float32(full_scale), image_size))
-        )
+        images.append(torch.from_numpy(square_thumbnail(read_cached_float(cache, row), image_size)))
         names.append(labels_by_key[key])
         groups.append(_patient_of(row, key))
     if len(set(names)) < 2 or len(names) < 4:
         raise ConfigError(
             f"monitor: only {len(names)} labelled images in {cache.name} match {labels_csv.name} "
-            f"(join {mon_cfg['manifest_key']!r} -> {label_key!r}); need 4+ images and 2+ classes"
+            f"(join {monitor.manifest_key!r} -> {label_key!r}); need 4+ images and 2+ classes"
         )
     classes = sorted(set(names))
     labels = np.array([classes.index(n) for n in names])
@@ -119,20 +115,20 @@ class KNNMonitor:
         self.images, self.labels, self.groups, self.k = images, labels, groups, k
 
     @classmethod
-    def from_config(cls, cfg: Any) -> KNNMonitor | None:
-        """The monitor of `cfg.monitor`, or None when it is off (every: 0 or no source)."""
-        mon = cfg["monitor"]
-        if not mon["every"] or not mon["source"]:
+    def from_settings(cls, monitor: MonitorSettings, global_size: int) -> KNNMonitor | None:
+        """The monitor of section `monitor`, or None when it is off (every: 0 or no source);
+        images at `monitor.image_size`, else at the global crop size."""
+        if not monitor.every or not monitor.source:
             return None
-        if not mon["labels"] or not mon["label_column"]:
+        if not monitor.labels or not monitor.label_column:
             raise ConfigError(
                 "monitor.source is set: also set monitor.labels and monitor.label_column"
             )
-        size = int(mon["image_size"] or cfg["crops"]["global_size"])
+        size = monitor.image_size or global_size
         images, labels, groups = load_monitor_images(
-            Path(mon["source"]), Path(mon["labels"]), mon, size
+            Path(monitor.source), Path(monitor.labels), monitor, size
         )
-        return cls(images, labels, groups, int(mon["k"]))
+        return cls(images, labels, groups, monitor.k)
 
     @torch.no_grad()
     def evaluate(

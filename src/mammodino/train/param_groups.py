@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mammodino.settings import OptimSettings
+
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 # Parameters before the first block: they get the deepest decay, like block -1.
 _EMBEDDING_NAMES = ("cls_token", "pos_embed", "register_tokens", "mask_token", "patch_embed")
@@ -94,7 +96,9 @@ def fuse_groups(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(groups.values())
 
 
-def build_param_groups(student: nn.ModuleDict, optim_cfg: Any, depth: int) -> list[dict[str, Any]]:
+def build_param_groups(
+    student: nn.ModuleDict, optim: OptimSettings, depth: int
+) -> list[dict[str, Any]]:
     """Fused groups of a student {backbone, dino_head[, ibot_head]} with the config's multipliers."""
     records = []
     for part, module in student.items():
@@ -102,17 +106,16 @@ def build_param_groups(student: nn.ModuleDict, optim_cfg: Any, depth: int) -> li
             module,
             is_backbone=part == "backbone",
             depth=depth,
-            layerwise_decay=float(optim_cfg["layerwise_decay"]),
-            patch_embed_lr_mult=float(optim_cfg["patch_embed_lr_mult"]),
+            layerwise_decay=optim.layerwise_decay,
+            patch_embed_lr_mult=optim.patch_embed_lr_mult,
         ):
             record["name"] = f"{part}.{record['name']}"
             records.append(record)
     return fuse_groups(records)
 
 
-def build_optimizer(groups: list[dict[str, Any]], optim_cfg: Any) -> torch.optim.AdamW:
+def build_optimizer(groups: list[dict[str, Any]], betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW over the fused groups; the fused kernel where this torch and device provide it."""
-    betas = tuple(float(b) for b in optim_cfg["betas"])
     device = groups[0]["params"][0].device
     fused = device.type in ("cuda", "cpu", "mps", "xpu")
     # Group-level lr/weight_decay are placeholders: apply_schedules sets them before every step.

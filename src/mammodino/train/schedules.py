@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from mammodino.errors import ConfigError
+from mammodino.settings import OptimSettings, TeacherSettings
 
 LR_REFERENCE_BATCH = 1024  # DINOv2 scales base_lr by sqrt(global batch / 1024)
 
@@ -84,31 +84,26 @@ class Schedules:
         }
 
 
-def build_schedules(cfg: Any, global_batch: int) -> Schedules:
-    """The schedules of `cfg.optim` and `cfg.teacher` for a given global batch size."""
-    optim, teacher = cfg["optim"], cfg["teacher"]
-    per_epoch = int(optim["steps_per_epoch"])
-    total = int(optim["epochs"]) * per_epoch
-    peak_lr = scaled_lr(float(optim["base_lr"]), global_batch)
-    warmup = int(round(float(optim["warmup_epochs"]) * per_epoch))
-    lr_args = (peak_lr, float(optim["min_lr"]), total, warmup)
-    freeze = int(round(float(optim["freeze_last_layer_epochs"]) * per_epoch))
+def build_schedules(optim: OptimSettings, teacher: TeacherSettings, global_batch: int) -> Schedules:
+    """The schedules of sections `optim` and `teacher` for a given global batch size."""
+    per_epoch = optim.steps_per_epoch
+    total = optim.epochs * per_epoch
+    peak_lr = scaled_lr(optim.base_lr, global_batch)
+    warmup = int(round(optim.warmup_epochs * per_epoch))
+    lr_args = (peak_lr, optim.min_lr, total, warmup)
+    freeze = int(round(optim.freeze_last_layer_epochs * per_epoch))
     # DINOv2: the last layer's lr schedule is the lr schedule with its first steps set to zero.
     last_layer_lr = cosine_schedule(*lr_args)
     last_layer_lr[: min(freeze, total)] = 0.0
     return Schedules(
         lr=cosine_schedule(*lr_args),
         last_layer_lr=last_layer_lr,
-        weight_decay=cosine_schedule(
-            float(optim["weight_decay"]), float(optim["weight_decay_end"]), total
-        ),
-        momentum=cosine_schedule(
-            float(teacher["momentum"]), float(teacher["final_momentum"]), total
-        ),
+        weight_decay=cosine_schedule(optim.weight_decay, optim.weight_decay_end, total),
+        momentum=cosine_schedule(teacher.momentum, teacher.final_momentum, total),
         teacher_temp=linear_warmup_schedule(
-            float(teacher["warmup_temp"]),
-            float(teacher["temp"]),
+            teacher.warmup_temp,
+            teacher.temp,
             total,
-            int(round(float(teacher["warmup_temp_epochs"]) * per_epoch)),
+            int(round(teacher.warmup_temp_epochs * per_epoch)),
         ),
     )

@@ -28,6 +28,7 @@ from torch import nn
 from mammodino.errors import ConfigError
 from mammodino.losses.slice_contrast import SliceContrastLoss, slice_negative_mask
 from mammodino.models.heads import ProjectionHead
+from mammodino.settings import DbtSettings
 
 HEAD_NAME = "slice_head"
 
@@ -59,18 +60,18 @@ class SliceObjective(nn.Module):
         self.patch_tissue_threshold = float(patch_tissue_threshold)
 
     @classmethod
-    def from_cfg(cls, cfg: Any, embed_dim: int) -> SliceObjective:
-        """From `cfg.dbt` and `cfg.masking.patch_tissue_threshold` (the patch-level variant)."""
-        dbt = cfg["dbt"]
-        gap = dbt.get("negative_gap_mm")
+    def from_settings(
+        cls, dbt: DbtSettings, patch_tissue_threshold: float, embed_dim: int
+    ) -> SliceObjective:
+        """From section `dbt` and `masking.patch_tissue_threshold` (the patch-level variant)."""
         return cls(
             embed_dim,
-            proj_dim=int(dbt.get("proj_dim", 256)),
-            hidden_dim=int(dbt.get("proj_hidden_dim", 2048)),
-            temperature=float(dbt.get("temperature", 0.1)),
-            negative_gap_mm=float(gap) if gap is not None else None,
-            patch_level=bool(dbt.get("patch_level", False)),
-            patch_tissue_threshold=float(cfg["masking"]["patch_tissue_threshold"]),
+            proj_dim=dbt.proj_dim,
+            hidden_dim=dbt.proj_hidden_dim,
+            temperature=dbt.temperature,
+            negative_gap_mm=dbt.negative_gap_mm,
+            patch_level=dbt.patch_level,
+            patch_tissue_threshold=patch_tissue_threshold,
         )
 
     def attach(self, student: nn.ModuleDict, teacher: nn.ModuleDict) -> None:

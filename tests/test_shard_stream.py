@@ -11,13 +11,13 @@ import threading
 import numpy as np
 import pytest
 
-from mammodino.data.shards import INDEX_NAME, ShardError, ShardWriter
-from mammodino.data.streaming import (
+from mammodino.data.shard_stream import (
     ResumableLoader,
     StreamingShardDataset,
     expand_sources,
     merge_stream_states,
 )
+from mammodino.data.shards import INDEX_NAME, ShardError, ShardWriter
 
 N_SHARDS, PER_SHARD = 8, 5
 ALL_KEYS = sorted(f"s{i:03d}" for i in range(N_SHARDS * PER_SHARD))
