@@ -30,10 +30,10 @@ for compile in false true; do
       "train.compile=$compile"
   done
 done
-part mfu-eager 120 "$PY" benchmarks/gpu_throughput.py --settings vitl14 --modes ssl,backbone \
-  --ssl-batch 32 --json "$TMP/mfu.jsonl"
-part mfu-compile 150 "$PY" benchmarks/gpu_throughput.py --settings vitl14 --modes ssl,backbone \
-  --ssl-batch 32 --compile --json "$TMP/mfu.jsonl"
+part mfu-eager 120 "$PY" benchmarks/gpu_throughput.py --device cuda --settings vitl14 \
+  --modes ssl,backbone --ssl-batch 32 --json "$TMP/mfu.jsonl"
+part mfu-compile 150 "$PY" benchmarks/gpu_throughput.py --device cuda --settings vitl14 \
+  --modes ssl,backbone --ssl-batch 32 --compile --json "$TMP/mfu.jsonl"
 for compile in false true; do
   part "kernels-compile-$compile" 120 "$PY" benchmarks/step_kernels.py --device cuda \
     --models vitl14 --precisions bf16 --json "$TMP/kernels-compile-$compile.json" \
