@@ -35,7 +35,7 @@ from torch.utils import flop_counter
 
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
-from mammodino.models.vit import build_vit
+from mammodino.models.vit import build_vit, compile_blocks
 from mammodino.settings import Settings
 from mammodino.train.ema import ema_update
 from mammodino.train.meta_arch import MammoDINO
@@ -122,7 +122,7 @@ def backbone_step(
     checkpointing: bool,
     dtype: torch.dtype,
     tiny: bool = False,
-    compile_blocks: bool = False,
+    compiled: bool = False,
 ) -> Callable[[], None]:
     """A ViT training step on random 1-channel global crops."""
     kwargs = {"patch_size": 14, "in_chans": 1, "num_register_tokens": 4, "drop_path_rate": 0.0}
@@ -130,9 +130,8 @@ def backbone_step(
         kwargs.update(embed_dim=64, depth=2, num_heads=2)
     model = build_vit(arch, img_size=size, activation_checkpointing=checkpointing, **kwargs)
     model = model.to(device).train()
-    if compile_blocks:  # as train.compile does it (MammoDINO.compile_blocks)
-        for block in model.blocks:
-            block.compile()
+    if compiled:  # as train.compile does it
+        compile_blocks(model)
     fused = device.type in ("cuda", "cpu")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.04, fused=fused)
     x = torch.rand(batch, 1, size, size, device=device)
@@ -176,14 +175,14 @@ def ssl_step(
     checkpointing: bool,
     dtype: torch.dtype,
     tiny: bool,
-    compile_blocks: bool = False,
+    compiled: bool = False,
 ) -> tuple[Callable[[], None], int]:
     """The production MammoDINO step of a preset (teacher, student, losses, AdamW, EMA)."""
     overrides = [f"distributed.activation_checkpointing={str(checkpointing).lower()}"]
     cfg = load_config(preset=preset, overrides=overrides + (TINY_SSL if tiny else []))
     batch = batch or int(cfg["data"]["batch_size"])
     model = MammoDINO(cfg).to(device).train()
-    if compile_blocks:
+    if compiled:
         model.compile_blocks()
     optim = Settings.from_config(cfg).optim
     opt = build_optimizer(build_param_groups(model.student, optim, model.depth), optim.betas)

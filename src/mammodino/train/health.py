@@ -37,14 +37,21 @@ def normalised_entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def used_prototypes(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """A flag per prototype [K]: the argmax of some row of [n, K] (all False for no rows).
+
+    Flags instead of torch.unique: they stay on the device (no host sync).
+    """
+    used = torch.zeros(teacher_probs.shape[-1], dtype=torch.bool, device=teacher_probs.device)
+    if teacher_probs.numel():
+        used[teacher_probs.argmax(dim=-1)] = True
+    return used
+
+
+@torch.no_grad()
 def prototypes_used(teacher_probs: torch.Tensor) -> torch.Tensor:
     """Number of distinct argmax prototypes over the rows of [n, K] (0 for no rows)."""
-    if teacher_probs.numel() == 0:
-        return torch.zeros((), dtype=torch.float32)
-    # A flag per prototype instead of torch.unique: stays on the device (no host sync).
-    used = torch.zeros(teacher_probs.shape[-1], dtype=torch.bool, device=teacher_probs.device)
-    used[teacher_probs.argmax(dim=-1)] = True
-    return used.sum().float()
+    return used_prototypes(teacher_probs).sum().float()
 
 
 @torch.no_grad()

@@ -26,13 +26,13 @@ from torch import nn
 from mammodino.config import Config
 from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
-from mammodino.models.vit import build_vit
+from mammodino.models.vit import build_vit, compile_blocks
 from mammodino.settings import ModelSettings, Settings, as_settings
 from mammodino.train.health import (
     cls_spread,
     normalised_entropy,
-    prototypes_used,
     student_teacher_agreement,
+    used_prototypes,
 )
 from mammodino.train.slice_objective import SliceObjective
 
@@ -121,23 +121,10 @@ class MammoDINO(nn.Module):
     def compile_blocks(self) -> int:
         """`torch.compile` every transformer block of student and teacher (`train.compile`).
 
-        Blocks are where the elementwise work of a step lives (layer norms, LayerScale, residual
-        adds, GELU around the matmuls); compiled, each runs as a few fused kernels. Module-level
-        compilation keeps parameter names, so checkpoints and EMA are unchanged. Heads are left
-        eager: their row count (masked tokens) changes every step. Returns the blocks compiled.
+        Heads stay eager: their row count (masked tokens) changes every step. Returns the blocks
+        compiled.
         """
-        import torch._dynamo
-
-        # A block that cannot be compiled here (no C++ compiler, unsupported op) runs eagerly.
-        torch._dynamo.config.suppress_errors = True
-        # All blocks share one code object, so their graphs share one cache: student with grads
-        # at two token counts, teacher without, each again while the backbone is frozen (model.
-        # init warm-up) and the monitor's batch sizes. Past the limit blocks would run eagerly.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
-        blocks = [*self.student["backbone"].blocks, *self.teacher["backbone"].blocks]
-        for block in blocks:
-            block.compile()
-        return len(blocks)
+        return compile_blocks(self.student["backbone"], self.teacher["backbone"])
 
     def init_backbones(self, source: str | Path) -> list[str]:
         """Start student and teacher backbones from a file (ours, DINOv2 hub, HF folder, timm).
@@ -248,17 +235,15 @@ class MammoDINO(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Learning-health signals of one micro-batch (train/health.py)."""
         probs = teacher["dino_probs"]
-        if self.prototypes_seen is None:
-            self.prototypes_seen = torch.zeros(
-                probs.shape[-1], dtype=torch.bool, device=probs.device
-            )
-        self.prototypes_seen[probs.argmax(dim=-1)] = True
+        used = used_prototypes(probs)
+        seen = self.prototypes_seen
+        self.prototypes_seen = used if seen is None else seen | used
         agreement = student_teacher_agreement(
             probs, student["global_logits"], n_global, student["local_logits"]
         )
         return {
             "dino/teacher_entropy": normalised_entropy(probs),
-            "dino/prototypes_used": prototypes_used(probs),
+            "dino/prototypes_used": used.sum().float(),
             "dino/agreement": agreement,
             **cls_spread(teacher["cls"]),
         }
