@@ -50,21 +50,27 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
         out = tmp_path / "density" / backbone
         out.mkdir(parents=True)
         pooled = {"balanced_accuracy": {"value": value, "ci95": [0.5, 0.9]}}
-        data = {"features": f"f/{backbone}", "task": "density"}
-        data["protocols"] = {"logreg": {"1": {"pooled": pooled}}}
+        knn = {"balanced_accuracy": {"value": value - 0.2, "ci95": [0.1, 0.6]}}
+        data = {"features": f"f/{backbone}", "task": "density", "class_counts": [5, 5, 5, 5]}
+        data["protocols"] = {"logreg": {"1": {"pooled": pooled}}, "knn": {"1": {"pooled": knn}}}
         (out / "results.json").write_text(json.dumps(data))
-    console = Console(width=200, record=True)
+    console = Console(width=250, record=True)
     console.print(summary_table(tmp_path))
-    lines = [ln for ln in console.export_text().splitlines() if "0." in ln]
+    text = console.export_text()
+    assert "density bal. acc. (logreg)" in text and "density bal. acc. (kNN)" in text
+    lines = [ln for ln in text.splitlines() if "0." in ln]
+    # logreg first, then kNN, for each backbone; chance level 1/4 under both density columns.
     assert "mammodino" in lines[0] and "0.710 [0.500, 0.900]" in lines[0]
-    assert "random-init" in lines[1] and "0.550" in lines[1]
+    assert lines[0].index("0.710") < lines[0].index("0.510 [0.100, 0.600]")
+    assert "random-init" in lines[1] and "0.550" in lines[1] and "0.350" in lines[1]
+    assert "chance level" in lines[2] and lines[2].count("0.250") == 2
 
 
 def test_demo_steps_are_fixed_and_curves_get_enough_points():
     steps, overrides = step_overrides(DemoSettings())
-    assert steps == 140  # the preset's 20 epochs of 7 steps, whatever the machine
-    assert "optim.max_steps=140" in overrides and "train.log_every=5" in overrides
-    assert steps // 5 >= 20  # >= 20 points on every loss curve
+    assert steps == 120  # the preset's 20 epochs of 6 steps, whatever the machine
+    assert "optim.max_steps=120" in overrides and "train.log_every=4" in overrides
+    assert steps // 4 >= 20  # >= 20 points on every loss curve
     assert not any(o.startswith("optim.max_minutes") for o in overrides)
     steps, overrides = step_overrides(DemoSettings(steps=1000, precision="fp32"))
     assert steps == 1000 and "optim.steps_per_epoch=50" in overrides  # schedule rescaled

@@ -308,3 +308,36 @@ def test_real_mini_mias_labels_join_and_pairs(mini_mias_dir):
     fold = patient_folds(patients, task.y, 5, seed=0)
     for k in range(5):
         assert not set(patients[fold == k]) & set(patients[fold != k])
+
+
+def test_auto_representation_is_dinov2s_protocol(tmp_path):
+    """auto: kNN reads CLS, logreg reads CLS + mean patch token; one-vector files read CLS."""
+    from mammodino.eval.features import probe_representation
+
+    feats, labels = _mias_like(tmp_path, n_images=80)
+    f = load_features(feats)
+    assert f.single_vector  # _mias_like writes patch_mean = cls, as hand-crafted files do
+    assert probe_representation("auto", "logreg", f) == "cls"
+    # Density only in the mean patch token: the CLS-only kNN is at chance (1/3), logreg finds it
+    # (0.58 measured; 0.23 on CLS alone).
+    noise = np.random.default_rng(1).normal(size=f.cls.shape).astype(np.float32)
+    save_features(tmp_path / "two", f.ids.tolist(), noise, f.cls, f.meta)
+    two = load_features(tmp_path / "two")
+    assert not two.single_vector
+    assert [probe_representation("auto", p, two) for p in ("knn", "logreg", "linear")] == [
+        "cls",
+        "cls+patch_mean",
+        "cls+patch_mean",
+    ]
+    assert probe_representation("patch_mean", "knn", two) == "patch_mean"
+    out = tmp_path / "res"
+    argv = ["eval", "--features", tmp_path / "two", "--labels", labels, "--task", "tissue_FGD"]
+    argv += ["--protocol", "knn", "logreg", "--C", "1", "--bootstrap", "0", "--output", out]
+    assert main([str(a) for a in argv]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["settings"]["representation"] == "auto"
+    assert r["representations"] == {"knn": "cls", "logreg": "cls+patch_mean"}
+    bal = {
+        p: r["protocols"][p]["1"]["pooled"]["balanced_accuracy"]["value"] for p in ("knn", "logreg")
+    }
+    assert bal["logreg"] > 0.5 and bal["knn"] < 0.42, bal

@@ -8,10 +8,13 @@ show, mild intensity jitter), 400 steps of 16 with fixed seeds. Asserted: loss/d
 kNN density accuracy (the online monitor: whole images, neighbours from other patients only;
 mean of the probes at steps 300, 350 and 400) at least 0.05 above its step-0 value.
 
-The issue asked for +0.15 on the kNN. Measured: +0.074 here (0.241 -> 0.315), +0.151 in the
-same run with other logging/monitor intervals, and -0.036 with phantom seed 3: at this size the
-density gain is small and noisy, while the plateau signals are not (loss/dino 1.4-2.4 below
-ln 64 = 4.16 in every variant; on the plateau it sits at ln K and the kNN stays at its step 0).
+The issue asked for +0.15 on the kNN; at this size the density gain is small and noisy, the
+plateau signals are not. Measured with this test's settings (hidden 256 / bottleneck 64 head):
++0.093 with 2 threads, +0.157 with 1 thread (the same seeds: thread count alone changes the
+trajectory), +0.100 with train.seed=1; with TINY_TRAIN's 32/16 head +0.074 and +0.078. Also tried,
+no better: 256 phantoms (+0.077), 64 px crops with 16 px patches (+0.097), 256 prototypes
+(+0.095). loss/dino ended 1.8-3.1 below ln K in every variant; on the plateau it sits at ln K and
+the kNN stays at its step-0 value, which +0.05 catches with margin.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
         preset="tiny-cpu",
         overrides=[
             *TINY_TRAIN,  # sizes only: the regime itself is tiny-cpu's
+            # A wider head than TINY_TRAIN's 32/16 (ViT-Tiny embeds 192): more kNN gain (below).
+            "heads.dino_hidden_dim=256",
+            "heads.dino_bottleneck_dim=64",
             f"data.source={cache}",
             f"optim.max_steps={STEPS}",
             f"optim.epochs={STEPS // 10}",

@@ -1,4 +1,4 @@
-"""End-to-end demo on built-in synthetic data, about 8 minutes on 2 CPU cores (fp32).
+"""End-to-end demo on built-in synthetic data, about 5 minutes on 2 CPU cores (fp32).
 
   mammodino demo --output demo-out          (what `make demo` runs)
   mammodino demo --steps 400 --precision fp32
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "end-to-end demo on synthetic phantoms: pretrain, embed, evaluate, report (~8 min CPU)"
+HELP = "end-to-end demo on synthetic phantoms: pretrain, embed, evaluate, report (~5 min CPU)"
 
 
 def _positive_int(text: str) -> int:
@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps",
         type=_positive_int,
-        help="pretraining steps of each run (default: the demo preset's 140; the schedule is "
+        help="pretraining steps of each run (default: the demo preset's 120; the schedule is "
         "rescaled to it)",
     )
     parser.add_argument(
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16"),
         help="train.precision (default: the preset's: auto = bf16 only where the hardware has it)",
     )
-    parser.add_argument("--ffdm", type=int, default=96, help="phantom FFDM images (4 per woman)")
+    parser.add_argument("--ffdm", type=int, default=400, help="phantom FFDM images (4 per woman)")
     parser.add_argument("--dbt", type=int, default=8, help="phantom DBT volumes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

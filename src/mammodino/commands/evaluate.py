@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--representation", default="cls", choices=("cls", "patch_mean", "cls+patch_mean")
+        "--representation",
+        default="auto",
+        choices=("auto", "cls", "patch_mean", "cls+patch_mean"),
+        help="auto (DINOv2's protocol): kNN on CLS, logreg/linear on CLS + mean patch token",
     )
     parser.add_argument("--join", default="auto", choices=("auto", "id", "path", "breast"))
     parser.add_argument("--ordinal", default="auto", choices=("auto", "yes", "no"))

@@ -13,7 +13,7 @@ import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.crossval import cross_validate
-from mammodino.eval.features import Features, load_features
+from mammodino.eval.features import Features, load_features, probe_representation
 from mammodino.eval.labels_join import (
     TaskLabels,
     encode_task,
@@ -39,7 +39,7 @@ class EvalSettings:
     folds: int = 5
     fractions: list[float] = field(default_factory=lambda: [1.0])
     seed: int = 0
-    representation: str = "cls"
+    representation: str = "auto"
     join: str = "auto"
     ordinal: str = "auto"
     positive: str | None = None
@@ -110,10 +110,12 @@ def evaluate_task(
     groups = patients[task.index]
     fold = patient_folds(groups, task.y, settings.folds, settings.seed)
     ids = features.ids[task.index]
-    inputs = {
-        "features": features.vectors(settings.representation)[task.index],
-        # Fine-tuning reads images, not features: it gets row positions instead.
-        "rows": np.arange(len(task.index), dtype=np.float64)[:, None],
+    # Fine-tuning reads images, not features: it gets row positions instead.
+    rows = np.arange(len(task.index), dtype=np.float64)[:, None]
+    representations = {
+        p: probe_representation(settings.representation, p, features)
+        for p in settings.protocols
+        if p != "finetune"
     }
     results: dict = {
         "task": settings.task,
@@ -123,13 +125,19 @@ def evaluate_task(
         "n_images_labelled": int(len(task.index)),  # joined images with a value for the task
         "n_patients": int(len(np.unique(groups))),
         "folds": settings.folds,
+        "representations": representations,
         "protocols": {},
     }
     predictions: list[dict] = []
     for protocol in settings.protocols:
+        inputs = (
+            rows
+            if protocol == "finetune"
+            else features.vectors(representations[protocol])[task.index]
+        )
         figures, oof = cross_validate(
             _probe(protocol, settings, ids),
-            inputs["rows" if protocol == "finetune" else "features"],
+            inputs,
             task.y,
             groups,
             fold,

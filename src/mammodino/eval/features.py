@@ -28,6 +28,17 @@ REQUIRED_META = ("id", "source", "patient_id", "laterality", "view")
 REPRESENTATIONS = ("cls", "patch_mean", "cls+patch_mean")
 
 
+def probe_representation(representation: str, protocol: str, features: Features) -> str:
+    """The representation a probe reads. `auto` is DINOv2's evaluation protocol: kNN on the CLS
+    token, linear probes on CLS + mean patch token; a features file with one vector per image
+    (hand-crafted: `patch_mean` repeats `cls`) reads `cls`."""
+    if representation != "auto":
+        return representation
+    if protocol == "knn" or features.single_vector:
+        return "cls"
+    return "cls+patch_mean"
+
+
 @dataclass
 class Features:
     """Per-image features with their metadata rows (same order as `ids`)."""
@@ -41,6 +52,11 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @property
+    def single_vector(self) -> bool:
+        """True when `patch_mean` repeats `cls` (one vector per image, e.g. hand-crafted)."""
+        return self.cls.shape == self.patch_mean.shape and np.array_equal(self.cls, self.patch_mean)
 
     def vectors(self, representation: str = "cls") -> np.ndarray:
         """The image-level matrix a probe uses: `cls`, `patch_mean` or both concatenated."""

@@ -10,39 +10,40 @@ from rich.table import Table
 from mammodino.report.results import backbone_order, chance_level, find_results
 from mammodino.report.runs import SHORT_RUN_STEPS, format_minutes, run_facts
 
-# The headline figure of each task (pooled out-of-fold, logistic regression probe).
-HEADLINE = {
-    "density": "balanced_accuracy",
-    "lesion_present": "auroc",
-    "malignancy": "auroc",
-}
+# The columns: (task, probe, figure, header). Density gets both probes: kNN reads the CLS token,
+# logreg CLS + mean patch token (eval's `auto` representation, DINOv2's protocol).
+COLUMNS = (
+    ("density", "logreg", "balanced_accuracy", "density bal. acc. (logreg)"),
+    ("density", "knn", "balanced_accuracy", "density bal. acc. (kNN)"),
+    ("lesion_present", "logreg", "auroc", "lesion AUROC"),
+    ("malignancy", "logreg", "auroc", "malignancy AUROC"),
+)
 
 
-HEADER = ("density bal. acc.", "lesion AUROC", "malignancy AUROC")
-
-
-def summary_table(eval_dir: Path, protocol: str = "logreg") -> Table:
+def summary_table(eval_dir: Path) -> Table:
     """Backbones x tasks: the headline figure with its 95% interval, and localization hit rate."""
     results = find_results([eval_dir]) if eval_dir.exists() else []
     cells: dict[str, dict[str, str]] = {}
     chance: dict[str, str] = {}
     for r in sorted(results, key=lambda r: backbone_order(r.backbone)):
         row = cells.setdefault(r.backbone, {})
-        if r.task in HEADLINE and "protocols" in r.data:
-            fig = r.data["protocols"].get(protocol, {}).get("1", {}).get("pooled", {})
-            row[r.task] = _text(fig.get(HEADLINE[r.task]))
-            level = chance_level(HEADLINE[r.task], r.data.get("class_counts") or [])
-            chance[r.task] = "-" if level is None else f"{level:.3f}"
+        for task, probe, figure, header in COLUMNS:
+            if r.task != task or "protocols" not in r.data:
+                continue
+            pooled = r.data["protocols"].get(probe, {}).get("1", {}).get("pooled", {})
+            row[header] = _text(pooled.get(figure))
+            level = chance_level(figure, r.data.get("class_counts") or [])
+            chance[header] = "-" if level is None else f"{level:.3f}"
         if "localization" in r.data:
             row["localization"] = _text(r.data["localization"].get("hit_rate"))
             level = r.data["localization"].get("hit_rate_chance")
             chance["localization"] = "-" if level is None else f"{level:.3f}"
-    table = Table(title=f"demo: patient-level 5-fold CV ({protocol} probe; pooled, 95% CI)")
-    columns = [*HEADER, "lesion loc. hit rate"]
+    table = Table(title="demo: patient-level 5-fold CV (pooled, 95% CI)")
+    keys = [header for *_, header in COLUMNS] + ["localization"]
     table.add_column("backbone")
-    for c in columns:
-        table.add_column(c, justify="right")
-    keys = [*HEADLINE, "localization"]
+    for header in keys[:-1]:
+        table.add_column(header, justify="right")
+    table.add_column("lesion loc. hit rate", justify="right")
     for backbone, row in cells.items():
         table.add_row(backbone, *(row.get(k, "-") for k in keys))
     if cells:
