@@ -115,9 +115,12 @@ class DistributedTrainer(Trainer):
     def run(self) -> dict[str, Any]:
         """Train (see Trainer.run), then leave the process group."""
         try:
-            return super().run()
-        finally:
-            D.cleanup_distributed()
+            record = super().run()
+        except BaseException:
+            D.cleanup_distributed(synchronize=False)
+            raise
+        D.cleanup_distributed()
+        return record
 
 
 def train(
