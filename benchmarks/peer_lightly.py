@@ -106,13 +106,12 @@ def recipe_notes(cfg: Any) -> list[str]:
     """How the lightly side differs from our step on this config (printed and saved)."""
     dino, optim, model = cfg.dino, cfg.optim, cfg.model
     freeze = int(round(float(optim.freeze_last_layer_epochs) * int(optim.steps_per_epoch)))
-    bn_note = [
+    batch_norm = (
         "head batch norm: lightly's teacher head runs in eval mode, so its BatchNorm1d uses "
         "running statistics (at step 0 every image of a tiny-cpu batch gets the same teacher "
         "argmax); ours: the teacher's head standardises over the batch as the student's does"
-    ]
-    if not cfg.heads.dino_batch_norm:
-        bn_note = []
+    )
+    bn_note = [batch_norm] if cfg.heads.dino_batch_norm else []
     return bn_note + [
         f"centering: lightly's EMA mean centering (momentum {dino.center_momentum}) in DINOLoss "
         f"and IBOTPatchLoss; ours: dino.centering={dino.centering}",

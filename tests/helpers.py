@@ -68,18 +68,23 @@ TINY_TRAIN = [
     "train.precision=fp32",  # the same numbers on every CPU (auto is bf16 where it is native)
 ]
 
-# The training-loop tests' run: 4 epochs of 3 steps on write_cache's 8 images, deterministic.
-TINY_LOOP = [
-    *TINY_TRAIN,
-    "model.drop_path_rate=0.1",
-    "masking.probability=1.0",
-    "data.batch_size=3",
+# The schedule of the short training tests: 4 epochs of 3 steps, one of warm-up.
+TINY_SCHEDULE = [
     "optim.epochs=4",
     "optim.steps_per_epoch=3",
     "optim.warmup_epochs=1",
     "optim.base_lr=0.05",
     "teacher.warmup_temp_epochs=1",
     "train.checkpoint_every=100",
+]
+
+# The training-loop tests' run: 4 epochs of 3 steps on write_cache's 8 images, deterministic.
+TINY_LOOP = [
+    *TINY_TRAIN,
+    "model.drop_path_rate=0.1",
+    "masking.probability=1.0",
+    "data.batch_size=3",
+    *TINY_SCHEDULE,
     "train.deterministic=true",
 ]
 

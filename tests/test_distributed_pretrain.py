@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import TINY_TRAIN, disc_breast, free_port, write_cache
+from helpers import TINY_SCHEDULE, TINY_TRAIN, disc_breast, free_port, write_cache
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer
@@ -32,12 +32,7 @@ TINY = [
     "model.drop_path_rate=0",
     "model.layerscale_init=1.0",  # distinct CLS features at init: KoLeo is well-conditioned
     "masking.probability=1.0",
-    "optim.epochs=4",
-    "optim.steps_per_epoch=3",
-    "optim.warmup_epochs=1",
-    "optim.base_lr=0.05",
-    "teacher.warmup_temp_epochs=1",
-    "train.checkpoint_every=100",
+    *TINY_SCHEDULE,
     f"optim.max_steps={STEPS}",
 ]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from helpers import TINY_TRAIN, free_port, write_mixed_cache
+from helpers import TINY_SCHEDULE, TINY_TRAIN, free_port, write_mixed_cache
 from mammodino.config import load_config
 from mammodino.train.checkpoint import load_checkpoint
 from mammodino.train.loop import Trainer, train
@@ -24,12 +24,7 @@ TINY = [
     "dbt.proj_hidden_dim=32",
     "data.batch_size=4",
     "data.dbt_fraction=0.5",  # 2 slice pairs per batch: one positive, one negative each
-    "optim.epochs=4",
-    "optim.steps_per_epoch=3",
-    "optim.warmup_epochs=1",
-    "optim.base_lr=0.05",
-    "teacher.warmup_temp_epochs=1",
-    "train.checkpoint_every=100",
+    *TINY_SCHEDULE,
     "train.deterministic=true",
 ]
 

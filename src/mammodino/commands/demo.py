@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 
+from mammodino.pipelines.demo_folder import DemoSettings
+
 HELP = "end-to-end demo on synthetic phantoms: pretrain, embed, evaluate, report (~5 min CPU)"
 
 
@@ -41,9 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16"),
         help="train.precision (default: the preset's: auto = bf16 only where the hardware has it)",
     )
-    parser.add_argument("--ffdm", type=int, default=400, help="phantom FFDM images (4 per woman)")
-    parser.add_argument("--dbt", type=int, default=8, help="phantom DBT volumes")
-    parser.add_argument("--seed", type=int, default=0)
+    defaults = DemoSettings()
+    parser.add_argument(
+        "--ffdm", type=int, default=defaults.n_ffdm, help="phantom FFDM images (4 per woman)"
+    )
+    parser.add_argument("--dbt", type=int, default=defaults.n_dbt, help="phantom DBT volumes")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -55,7 +60,6 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from mammodino.pipelines.demo import run_demo
-    from mammodino.pipelines.demo_folder import DemoSettings
     from mammodino.report.build import build_report
     from mammodino.report.demo_summary import runs_table, summary_table
 

@@ -41,15 +41,7 @@ def sampled_batches(
     # A mixed FFDM + DBT set gets its per-batch DBT quota (MixedSampler), others ResumableSampler.
     sampler = build_sampler(dataset, seed, position, rank, world_size, batch_size=data.batch_size)
     loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=data.batch_size,
-        sampler=sampler,
-        num_workers=data.num_workers,
-        collate_fn=collate_pretrain,
-        pin_memory=pin_memory,
-        drop_last=True,
-        persistent_workers=data.num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
+        dataset, sampler=sampler, **_loader_options(data, seed, pin_memory)
     )
     return iter(loader)
 
@@ -62,16 +54,20 @@ def stream_loader(
     pin_memory: bool = False,
 ) -> ResumableLoader:
     """The loader of a shard stream, at the resumed position `resume` (its state) if any."""
-    loader = ResumableLoader(
-        dataset,
-        batch_size=data.batch_size,
-        collate_fn=collate_pretrain,
-        num_workers=data.num_workers,
-        pin_memory=pin_memory,
-        drop_last=True,
-        persistent_workers=data.num_workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )
+    loader = ResumableLoader(dataset, **_loader_options(data, seed, pin_memory))
     if resume is not None:
         loader.load_state_dict(resume)
     return loader
+
+
+def _loader_options(data: DataSettings, seed: int, pin_memory: bool) -> dict[str, Any]:
+    """What both loaders share: whole batches of pretraining samples, seeded workers."""
+    return {
+        "batch_size": data.batch_size,
+        "collate_fn": collate_pretrain,
+        "num_workers": data.num_workers,
+        "pin_memory": pin_memory,
+        "drop_last": True,
+        "persistent_workers": data.num_workers > 0,
+        "generator": torch.Generator().manual_seed(seed),
+    }
