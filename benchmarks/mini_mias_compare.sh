@@ -2,7 +2,7 @@
 # Real-data comparison on mini-MIAS (issue 13, acceptance 1): tiny-cpu MammoDINO vs the plain
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
 #   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS]
-# Both pretraining runs make the same number of steps (tiny-cpu: 600) with the same budget of
+# Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
 # MINUTES each. With 2 or more cores they run side by side, each pinned to its own core with one
 # thread: as fast per run as one run on both cores (small ViTs do not scale past one thread) and
 # twice the throughput. Unpinned, two PyTorch thread pools spin against each other (~3x slower).
