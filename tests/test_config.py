@@ -47,3 +47,45 @@ def test_parse_override_requires_equals():
     with pytest.raises(ConfigError):
         parse_override("optim.lr")
     assert parse_override("a.b=[1, 2]") == {"a": {"b": [1, 2]}}
+
+
+def test_preset_extends_a_bundled_preset_and_a_file_beside_it(tmp_path):
+    (tmp_path / "mine.yaml").write_text(
+        yaml.safe_dump({"extends": "tiny-cpu", "optim": {"epochs": 7}})
+    )
+    (tmp_path / "short.yaml").write_text(
+        yaml.safe_dump({"extends": "mine.yaml", "crops": {"dense_weight": 0.5}})
+    )
+    tiny = load_config(preset="tiny-cpu").to_dict()
+    cfg = load_config(preset=tmp_path / "short.yaml", overrides=["optim.epochs=9"]).to_dict()
+    assert (cfg["optim"]["epochs"], cfg["crops"]["dense_weight"]) == (9, 0.5)
+    cfg["optim"]["epochs"], cfg["crops"]["dense_weight"] = 120, 1.0  # tiny-cpu's own values
+    assert cfg == tiny and "extends" not in cfg
+
+
+def test_preset_extends_loop_and_bad_value_fail_clearly(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"extends": "b.yaml"}))
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"extends": "a.yaml"}))
+    with pytest.raises(ConfigError, match="loop: a -> b -> a"):
+        load_config(preset=tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"extends": ["tiny-cpu", "vits14"]}))
+    with pytest.raises(ConfigError, match="'extends' takes one preset"):
+        load_config(preset=tmp_path / "c.yaml")
+
+
+def test_demo_preset_is_tiny_cpu_with_its_own_schedule_and_monitor():
+    demo, tiny = load_config(preset="demo").to_dict(), load_config(preset="tiny-cpu").to_dict()
+    differ = {
+        f"{section}.{key}"
+        for section in tiny
+        for key in tiny[section]
+        if demo[section][key] != tiny[section][key]
+    }
+    assert differ == {
+        "optim.epochs",
+        "optim.steps_per_epoch",
+        "train.checkpoint_every",
+        "monitor.every",
+        "monitor.label_column",
+    }
+    assert demo["optim"]["epochs"] * demo["optim"]["steps_per_epoch"] == 120

@@ -83,6 +83,25 @@ def preset_path(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {str(name_or_path)!r} not found; bundled presets: {available}")
 
 
+def preset_layers(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> list[dict]:
+    """A preset and the presets it `extends`, outermost base first: merged in this order, a
+    preset states only what it changes (the demo is `tiny-cpu` with a shorter schedule)."""
+    path = preset_path(name_or_path)
+    if path.resolve() in _chain:
+        names = " -> ".join(p.stem for p in (*_chain, path.resolve()))
+        raise ConfigError(f"config presets extend each other in a loop: {names}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return [data]
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' takes one preset name or YAML path")
+    # A relative path names a file beside the extending preset; else a bundled name or a path.
+    beside = path.parent / parent
+    base = beside if beside.is_file() else parent
+    return [*preset_layers(base, (*_chain, path.resolve())), data]
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -185,7 +204,8 @@ def load_config(
     base = dict(defaults) if isinstance(defaults, Mapping) else _read_yaml(Path(defaults))
     base = _wrap(base).to_dict()  # deep copy
     if preset is not None:
-        merge_into(base, _read_yaml(preset_path(preset)))
+        for layer in preset_layers(preset):
+            merge_into(base, layer)
     for text in overrides:
         merge_into(base, parse_override(text))
     return _wrap(base)

@@ -117,6 +117,8 @@ def evaluate_task(
         for p in settings.protocols
         if p != "finetune"
     }
+    # One matrix per representation read (logreg and linear share CLS + mean patch token).
+    matrices = {r: features.vectors(r)[task.index] for r in set(representations.values())}
     results: dict = {
         "task": settings.task,
         "classes": task.classes,
@@ -130,11 +132,7 @@ def evaluate_task(
     }
     predictions: list[dict] = []
     for protocol in settings.protocols:
-        inputs = (
-            rows
-            if protocol == "finetune"
-            else features.vectors(representations[protocol])[task.index]
-        )
+        inputs = rows if protocol == "finetune" else matrices[representations[protocol]]
         figures, oof = cross_validate(
             _probe(protocol, settings, ids),
             inputs,

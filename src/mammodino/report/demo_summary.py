@@ -39,11 +39,11 @@ def summary_table(eval_dir: Path) -> Table:
             level = r.data["localization"].get("hit_rate_chance")
             chance["localization"] = "-" if level is None else f"{level:.3f}"
     table = Table(title="demo: patient-level 5-fold CV (pooled, 95% CI)")
-    keys = [header for *_, header in COLUMNS] + ["localization"]
+    headers = [header for *_, header in COLUMNS]
     table.add_column("backbone")
-    for header in keys[:-1]:
+    for header in [*headers, "lesion loc. hit rate"]:
         table.add_column(header, justify="right")
-    table.add_column("lesion loc. hit rate", justify="right")
+    keys = [*headers, "localization"]
     for backbone, row in cells.items():
         table.add_row(backbone, *(row.get(k, "-") for k in keys))
     if cells:
