@@ -9,8 +9,9 @@
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes
 # from its last checkpoint). Features of a peer's run in WORK/feats/NAME (benchmarks/peer_lightly.py)
 # are evaluated with the same probes. SEEDS (default "0") repeats both pretrainings with each
-# train.seed (runs of seed N > 0 are named RECIPE-seedN); with several seeds the last table gives
-# each recipe's mean and standard deviation over seeds. Needs ../shared/data/mini-mias.
+# train.seed (runs of seed N > 0 are named RECIPE-seedN); with several seeds two more tables give
+# each recipe's mean and standard deviation over seeds and MammoDINO minus the DINOv2 recipe paired
+# by seed, with a 95% t interval. Needs ../shared/data/mini-mias.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}

@@ -4,7 +4,10 @@
 Columns: density balanced accuracy (kNN, logreg), normal/abnormal AUROC (kNN, logreg) and the
 localization hit rate, each pooled over the folds with its bootstrap 95% interval. Backbones
 named `RECIPE-seedN` are runs of one recipe with another seed: a second table gives each such
-recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0).
+recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0). With both
+`mammodino` and `dinov2-recipe` run on two or more common seeds, a last table gives their
+difference paired by seed (same seed: same initialisation and image order) with a 95% Student t
+interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import re
 import statistics
 import sys
 from pathlib import Path
+
+from scipy import stats
 
 COLUMNS = [
     ("density", "knn", "balanced_accuracy", "density bal. acc. (kNN)"),
@@ -48,7 +53,7 @@ def summarize(eval_dir: Path) -> str:
         loc = json.loads(loc_path.read_text())["localization"] if loc_path.is_file() else {}
         cells.append(_cell(loc.get("hit_rate")))
         lines.append("| " + " | ".join([name, *cells]) + " |")
-    return "\n".join(lines + _over_seeds(eval_dir, names))
+    return "\n".join(lines + _over_seeds(eval_dir, names) + _paired(eval_dir, names))
 
 
 def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
@@ -69,6 +74,52 @@ def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}" if values else "-")
         lines.append("| " + " | ".join([f"{recipe} ({len(runs)})", *cells]) + " |")
+    return lines
+
+
+PAIR = ("mammodino", "dinov2-recipe")  # (recipe, baseline) of mini_mias_compare.sh
+
+
+def _seed_of(name: str, recipe: str) -> int | None:
+    """N for `RECIPE-seedN`, 0 for `RECIPE` itself, None for another recipe's run."""
+    if name == recipe:
+        return 0
+    match = re.fullmatch(re.escape(recipe) + r"-seed(\d+)", name)
+    return int(match.group(1)) if match else None
+
+
+def paired_difference(values: list[float]) -> tuple[float, float, float]:
+    """Mean of per-seed differences and its 95% Student t interval (needs 2+ differences)."""
+    mean = statistics.mean(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def _paired(eval_dir: Path, names: list[str]) -> list[str]:
+    """MammoDINO minus the DINOv2 recipe, seed by seed: mean difference [95% t interval]."""
+    recipe, baseline = PAIR
+    runs = {}
+    for which in PAIR:
+        runs[which] = {s: n for n in names if (s := _seed_of(n, which)) is not None}
+    seeds = sorted(set(runs[recipe]) & set(runs[baseline]))
+    if len(seeds) < 2:
+        return []
+    header = [f"{recipe} - {baseline} (seeds paired)", *[c[3] for c in COLUMNS]]
+    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
+    for task, protocol, metric, _ in COLUMNS:
+        differences = []
+        for seed in seeds:
+            ours = _pooled(eval_dir, f"{runs[recipe][seed]}-{task}", protocol, metric)
+            theirs = _pooled(eval_dir, f"{runs[baseline][seed]}-{task}", protocol, metric)
+            if ours and theirs:
+                differences.append(ours["value"] - theirs["value"])
+        if len(differences) < 2:
+            cells.append("-")
+            continue
+        mean, low, high = paired_difference(differences)
+        cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+    lines.append("| " + " | ".join([f"{len(seeds)} seeds", *cells]) + " |")
     return lines
 
 

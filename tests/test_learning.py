@@ -14,9 +14,16 @@ plateau signals are not. Measured with this test's settings (hidden 256 / bottle
 trajectory), +0.100 with train.seed=1; with TINY_TRAIN's 32/16 head +0.074 and +0.078. Also tried
 (1 thread), no better: 256 phantoms (+0.077), 64 px crops with 16 px patches (+0.097), 256
 prototypes (+0.095), twice the learning rate (+0.109), probing at 48 px (+0.085), teacher
-momentum 0.9 (+0.055), 600 steps (+0.104, 257 s). loss/dino ended 1.8-3.1 below ln K in every
-variant; on the plateau it sits at ln K and the kNN stays at its step-0 value, which +0.05
-catches with margin.
+momentum 0.9 (+0.055), 600 steps (+0.104, 257 s), 4 or 6 local crops (+0.073, +0.094), smaller
+crops (global 0.3-0.8 / local 0.1-0.3: +0.121; 0.25-0.6 / 0.1-0.25: +0.077), no iBOT loss
+(+0.129), no KoLeo (+0.115). loss/dino ended 1.8-3.1 below ln K in every variant; on the plateau
+it sits at ln K and the kNN stays at its step-0 value, which +0.05 catches with margin.
+
+Why the gain is small: on these phantoms density is texture, and 32 px keeps little of it. On the
+128 phantoms, GLCM/LBP texture features of the 128 px cache (`eval.handcrafted`, `eval` with 5-fold
+CV) reach density kNN 0.556 / logreg 0.675. With the monitor's kNN and a 5-fold patient-level
+logreg: intensity statistics of the 32 px breast (mean, sd, percentiles, bright fraction) 0.505 /
+0.369; the teacher's CLS at step 0 0.24 / 0.34, after 400 steps 0.40 / 0.34.
 """
 
 from __future__ import annotations

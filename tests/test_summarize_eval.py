@@ -1,0 +1,72 @@
+"""benchmarks/summarize_eval.py: the per-run table, the mean over seeds and the seed-paired
+difference between MammoDINO and the DINOv2 recipe, on constructed `eval` results."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers import load_benchmark
+
+
+def _write(eval_dir, name, task, protocol_values):
+    """A results.json as `mammodino eval` writes it, with only the pooled values read here."""
+    metric = "balanced_accuracy" if task == "density" else "auroc"
+    protocols = {
+        protocol: {
+            "1": {"pooled": {metric: {"value": value, "ci95": [value - 0.05, value + 0.05]}}}
+        }
+        for protocol, value in protocol_values.items()
+    }
+    folder = eval_dir / f"{name}-{task}"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"protocols": protocols}))
+
+
+@pytest.fixture
+def summarize_eval():
+    return load_benchmark("summarize_eval")
+
+
+def test_paired_difference_is_the_mean_with_a_student_t_interval(summarize_eval):
+    mean, low, high = summarize_eval.paired_difference([0.02, 0.04])
+    half = 12.7062 * math.sqrt(0.0002) / math.sqrt(2)  # t(0.975, 1 dof) * sd / sqrt(n)
+    assert mean == pytest.approx(0.03)
+    assert (low, high) == pytest.approx((0.03 - half, 0.03 + half), abs=1e-4)
+
+
+def test_tables_over_seeds_and_paired_by_seed(summarize_eval, tmp_path):
+    density = {  # run: (kNN, logreg)
+        "mammodino": (0.70, 0.72),
+        "mammodino-seed1": (0.74, 0.73),
+        "mammodino-seed2": (0.71, 0.70),  # no DINOv2-recipe run of seed 2: not paired
+        "dinov2-recipe": (0.68, 0.71),
+        "dinov2-recipe-seed1": (0.70, 0.75),
+        "random-init": (0.33, 0.50),
+    }
+    for name, (knn, logreg) in density.items():
+        _write(tmp_path, name, "density", {"knn": knn, "logreg": logreg})
+    text = summarize_eval.summarize(tmp_path)
+    lines = text.splitlines()
+
+    assert "| random-init | 0.330 [0.280, 0.380] | 0.500 [0.450, 0.550] | - | - | - |" in lines
+    assert "| mammodino (3) | 0.717 +- 0.021 | 0.717 +- 0.015 | - | - |" in lines
+    assert "| dinov2-recipe (2) | 0.690 +- 0.014 | 0.730 +- 0.028 | - | - |" in lines
+    # Seeds 0 and 1: kNN differences +0.02, +0.04; logreg +0.01, -0.02.
+    _, knn_low, knn_high = summarize_eval.paired_difference([0.02, 0.04])
+    _, lr_low, lr_high = summarize_eval.paired_difference([0.01, -0.02])
+    paired = lines[-1]
+    assert paired.startswith("| 2 seeds | +0.030 ")
+    assert f"[{knn_low:+.3f}, {knn_high:+.3f}]" in paired
+    assert f"-0.005 [{lr_low:+.3f}, {lr_high:+.3f}]" in paired
+    assert paired.endswith("| - | - |")  # no abnormal results
+
+
+def test_no_paired_table_with_one_common_seed(summarize_eval, tmp_path):
+    for name in ("mammodino", "mammodino-seed1", "dinov2-recipe"):
+        _write(tmp_path, name, "density", {"knn": 0.7, "logreg": 0.7})
+    text = summarize_eval.summarize(tmp_path)
+    assert "mammodino (2)" in text
+    assert "seeds paired" not in text
