@@ -98,9 +98,10 @@ def paired_difference(values: list[float]) -> tuple[float, float, float]:
 def _paired(eval_dir: Path, names: list[str]) -> list[str]:
     """MammoDINO minus the DINOv2 recipe, seed by seed: mean difference [95% t interval]."""
     recipe, baseline = PAIR
-    runs = {}
-    for which in PAIR:
-        runs[which] = {s: n for n in names if (s := _seed_of(n, which)) is not None}
+    runs = {
+        which: {seed: n for n in names if (seed := _seed_of(n, which)) is not None}
+        for which in PAIR
+    }
     seeds = sorted(set(runs[recipe]) & set(runs[baseline]))
     if len(seeds) < 2:
         return []
