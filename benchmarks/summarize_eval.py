@@ -12,6 +12,7 @@ interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import statistics
@@ -35,24 +36,37 @@ def _cell(metric: dict | None) -> str:
     return f"{metric['value']:.3f} [{low:.3f}, {high:.3f}]"
 
 
+@functools.cache
+def _results(path: Path) -> dict | None:
+    """One results.json, read once however many tables use it."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _pooled(folder: Path, task: str, protocol: str, metric: str) -> dict | None:
-    path = folder / task / "results.json"
-    if not path.is_file():
+    results = _results(folder / task / "results.json")
+    if results is None:
         return None
-    pooled = json.loads(path.read_text())["protocols"].get(protocol, {}).get("1", {})
+    pooled = results["protocols"].get(protocol, {}).get("1", {})
     return pooled.get("pooled", {}).get(metric)
+
+
+def _table(header: list[str]) -> list[str]:
+    """A Markdown table's header and separator lines."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def summarize(eval_dir: Path) -> str:
     names = sorted({p.name.rsplit("-", 1)[0] for p in eval_dir.iterdir() if p.is_dir()})
-    header = ["backbone", *[c[3] for c in COLUMNS], "localization hit rate"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = _table(["backbone", *[c[3] for c in COLUMNS], "localization hit rate"])
     for name in names:
         cells = [_cell(_pooled(eval_dir, f"{name}-{t}", p, m)) for t, p, m, _ in COLUMNS]
-        loc_path = eval_dir / f"{name}-loc" / "results.json"
-        loc = json.loads(loc_path.read_text())["localization"] if loc_path.is_file() else {}
-        cells.append(_cell(loc.get("hit_rate")))
-        lines.append("| " + " | ".join([name, *cells]) + " |")
+        loc = _results(eval_dir / f"{name}-loc" / "results.json") or {}
+        cells.append(_cell(loc.get("localization", {}).get("hit_rate")))
+        lines.append(_row([name, *cells]))
     return "\n".join(lines + _over_seeds(eval_dir, names) + _paired(eval_dir, names))
 
 
@@ -60,12 +74,11 @@ def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
     """Mean +- standard deviation over the seeds of each recipe that has more than one."""
     recipes: dict[str, list[str]] = {}
     for name in names:
-        recipes.setdefault(re.sub(r"-seed\d+$", "", name), []).append(name)
+        recipes.setdefault(recipe_and_seed(name)[0], []).append(name)
     recipes = {recipe: runs for recipe, runs in recipes.items() if len(runs) > 1}
     if not recipes:
         return []
-    header = ["recipe (seeds)", *[c[3] for c in COLUMNS]]
-    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["", *_table(["recipe (seeds)", *[c[3] for c in COLUMNS]])]
     for recipe, runs in sorted(recipes.items()):
         cells = []
         for task, protocol, metric, _ in COLUMNS:
@@ -73,19 +86,17 @@ def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
             values = [v["value"] for v in values if v]
             spread = statistics.stdev(values) if len(values) > 1 else float("nan")
             cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}" if values else "-")
-        lines.append("| " + " | ".join([f"{recipe} ({len(runs)})", *cells]) + " |")
+        lines.append(_row([f"{recipe} ({len(runs)})", *cells]))
     return lines
 
 
 PAIR = ("mammodino", "dinov2-recipe")  # (recipe, baseline) of mini_mias_compare.sh
 
 
-def _seed_of(name: str, recipe: str) -> int | None:
-    """N for `RECIPE-seedN`, 0 for `RECIPE` itself, None for another recipe's run."""
-    if name == recipe:
-        return 0
-    match = re.fullmatch(re.escape(recipe) + r"-seed(\d+)", name)
-    return int(match.group(1)) if match else None
+def recipe_and_seed(name: str) -> tuple[str, int]:
+    """`RECIPE-seedN` -> (RECIPE, N); any other name is seed 0 of its own recipe."""
+    match = re.search(r"-seed(\d+)$", name)
+    return (name[: match.start()], int(match.group(1))) if match else (name, 0)
 
 
 def paired_difference(values: list[float]) -> tuple[float, float, float]:
@@ -98,15 +109,15 @@ def paired_difference(values: list[float]) -> tuple[float, float, float]:
 def _paired(eval_dir: Path, names: list[str]) -> list[str]:
     """MammoDINO minus the DINOv2 recipe, seed by seed: mean difference [95% t interval]."""
     recipe, baseline = PAIR
-    runs = {
-        which: {seed: n for n in names if (seed := _seed_of(n, which)) is not None}
-        for which in PAIR
-    }
+    runs: dict[str, dict[int, str]] = {which: {} for which in PAIR}
+    for name in names:
+        which, seed = recipe_and_seed(name)
+        if which in runs:
+            runs[which][seed] = name
     seeds = sorted(set(runs[recipe]) & set(runs[baseline]))
     if len(seeds) < 2:
         return []
-    header = [f"{recipe} - {baseline} (seeds paired)", *[c[3] for c in COLUMNS]]
-    lines = ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["", *_table([f"{recipe} - {baseline} (seeds paired)", *[c[3] for c in COLUMNS]])]
     cells = []
     for task, protocol, metric, _ in COLUMNS:
         differences = []
@@ -120,7 +131,7 @@ def _paired(eval_dir: Path, names: list[str]) -> list[str]:
             continue
         mean, low, high = paired_difference(differences)
         cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-    lines.append("| " + " | ".join([f"{len(seeds)} seeds", *cells]) + " |")
+    lines.append(_row([f"{len(seeds)} seeds", *cells]))
     return lines
 
 
