@@ -89,3 +89,29 @@ def test_demo_preset_is_tiny_cpu_with_its_own_schedule_and_monitor():
         "monitor.label_column",
     }
     assert demo["optim"]["epochs"] * demo["optim"]["steps_per_epoch"] == 120
+
+
+def test_phantom_dbt_preset_is_tiny_cpu_with_dbt_pairs_and_its_own_schedule():
+    # Its earlier DINOv2-style settings sat on the uniform plateau (docs/tomosynthesis.md): the DBT
+    # ablation must run tiny-cpu's small-data regime and differ only in DBT, schedule and monitor.
+    dbt, tiny = (
+        load_config(preset="phantom-dbt").to_dict(),
+        load_config(preset="tiny-cpu").to_dict(),
+    )
+    differ = {
+        f"{section}.{key}"
+        for section in tiny
+        for key in tiny[section]
+        if dbt[section][key] != tiny[section][key]
+    }
+    assert differ == {
+        "data.dbt_fraction",
+        "optim.epochs",
+        "dbt.proj_dim",
+        "dbt.proj_hidden_dim",
+        "dbt.pair_size",
+        "monitor.every",
+    }
+    assert dbt["dbt"]["slice_loss_weight"] == 1.0
+    assert dbt["data"]["batch_size"] * dbt["data"]["dbt_fraction"] == 8  # slice pairs per step
+    assert dbt["optim"]["epochs"] * dbt["optim"]["steps_per_epoch"] == 600
