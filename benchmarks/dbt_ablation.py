@@ -121,7 +121,11 @@ def run_name(recipe: str, seed: int) -> str:
 
 
 def stages(
-    cache: Path, work: Path, seeds: list[int], overrides: list[str], tasks=TASKS
+    cache: Path,
+    work: Path,
+    seeds: list[int],
+    overrides: list[str],
+    tasks: tuple[tuple[str, str, str, str], ...] = TASKS,
 ) -> list[Stage]:
     """Pretrain with and without the slice loss per seed, embed the cache, probe each task."""
     mammodino = [sys.executable, "-m", "mammodino"]
@@ -135,7 +139,7 @@ def stages(
             run = work / f"run_{name}"
             pretrain = [*mammodino, "pretrain", "--config", "phantom-dbt", "--output-dir", str(run)]
             pretrain += ["--no-progress", f"data.source={cache}", f"dbt.slice_loss_weight={weight}"]
-            pretrain += [f"train.seed={seed}", *overrides]
+            pretrain += [*overrides, f"train.seed={seed}"]  # --seeds wins over an override
             out.append(Stage(pretrain, run / "done", parallel=f"seed{seed}", touch=True))
             backbones.append((name, str(run)))
     for name, weights in backbones:
@@ -262,7 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(rows)} DBT slices, {positives} with a lesion -> {args.work / 'slice_labels.csv'}")
     print(f"{len(ffdm)} FFDM images -> {args.work / 'ffdm_labels.csv'}")
     counts = {"slice_labels.csv": len(rows), "ffdm_labels.csv": len(ffdm)}
-    tasks = [task for task in TASKS if counts[task[1]]]  # a phantom without FFDM: no FFDM probe
+    tasks = tuple(
+        task for task in TASKS if counts[task[1]]
+    )  # a phantom without FFDM: no FFDM probe
     todo = stages(args.cache, args.work, seeds, args.overrides, tasks)
     if not args.run:
         for stage in todo:

@@ -113,5 +113,5 @@ def test_phantom_dbt_preset_is_tiny_cpu_with_dbt_pairs_and_its_own_schedule():
         "monitor.every",
     }
     assert dbt["dbt"]["slice_loss_weight"] == 1.0
-    assert dbt["data"]["batch_size"] * dbt["data"]["dbt_fraction"] == 8  # slice pairs per step
+    assert dbt["data"]["batch_size"] * dbt["data"]["dbt_fraction"] == 4  # slice pairs per step
     assert dbt["optim"]["epochs"] * dbt["optim"]["steps_per_epoch"] == 600

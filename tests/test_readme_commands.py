@@ -23,6 +23,7 @@ def test_every_readme_command_is_run_or_says_why_not(tmp_path):
     # Continuation lines are joined; /data paths point at the tiny data; no GPU preset runs big.
     ablation = next(p for p in plans if "dbt_ablation.py" in p.text)
     assert ablation.run.endswith("train.checkpoint_every=2 --run")
+    assert "--seeds 0,1 " in ablation.run and "--seeds 0,1 " not in ablation.text
     assert not any("/data/" in (p.run or "") for p in plans)
     vits = next(p for p in plans if "--config vits14" in p.text)
     assert "# one GPU" in vits.text and "crops.global_size=32" in vits.run
