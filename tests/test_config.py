@@ -73,15 +73,19 @@ def test_preset_extends_loop_and_bad_value_fail_clearly(tmp_path):
         load_config(preset=tmp_path / "c.yaml")
 
 
+def _keys_that_differ(preset: dict, base: dict) -> set[str]:
+    """`section.key` of every setting of `base` that `preset` changes."""
+    return {
+        f"{section}.{key}"
+        for section in base
+        for key in base[section]
+        if preset[section][key] != base[section][key]
+    }
+
+
 def test_demo_preset_is_tiny_cpu_with_its_own_schedule_and_monitor():
     demo, tiny = load_config(preset="demo").to_dict(), load_config(preset="tiny-cpu").to_dict()
-    differ = {
-        f"{section}.{key}"
-        for section in tiny
-        for key in tiny[section]
-        if demo[section][key] != tiny[section][key]
-    }
-    assert differ == {
+    assert _keys_that_differ(demo, tiny) == {
         "optim.epochs",
         "optim.steps_per_epoch",
         "train.checkpoint_every",
@@ -98,13 +102,7 @@ def test_phantom_dbt_preset_is_tiny_cpu_with_dbt_pairs_and_its_own_schedule():
         load_config(preset="phantom-dbt").to_dict(),
         load_config(preset="tiny-cpu").to_dict(),
     )
-    differ = {
-        f"{section}.{key}"
-        for section in tiny
-        for key in tiny[section]
-        if dbt[section][key] != tiny[section][key]
-    }
-    assert differ == {
+    assert _keys_that_differ(dbt, tiny) == {
         "data.dbt_fraction",
         "optim.epochs",
         "dbt.proj_dim",
