@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -35,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mammodino.config import load_config  # noqa: E402
-from mammodino.preprocess.cache import read_manifest  # noqa: E402
-from summarize_eval import paired_difference  # noqa: E402
+from mammodino.preprocess.cache import read_manifest, write_csv_atomic  # noqa: E402
+from summarize_eval import cell, mean_sd_cell, paired_cell, pooled, row, table  # noqa: E402
 
 # (results name, labels file in WORK, label column, metric)
 TASKS = (
@@ -96,13 +94,6 @@ def ffdm_labels(phantom: Path, cache: Path) -> list[dict[str, str]]:
 def _phantom_labels(phantom: Path) -> dict[str, dict[str, str]]:
     with (phantom / "labels.csv").open(newline="") as handle:
         return {row["file"]: row for row in csv.DictReader(handle)}
-
-
-def write_rows(path: Path, rows: list[dict[str, str]]) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["id"])
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 @dataclass
@@ -197,53 +188,33 @@ def _resumed(stage: Stage) -> list[str]:
     return stage.command
 
 
-def _pooled(work: Path, name: str, task: str, protocol: str, metric: str) -> dict | None:
-    path = work / f"results_{name}_{task}" / "results.json"
-    if not path.is_file():
-        return None
-    pooled = json.loads(path.read_text())["protocols"].get(protocol, {}).get("1", {})
-    return pooled.get("pooled", {}).get(metric)
-
-
 def summary(work: Path, seeds: list[int]) -> str:
     """Markdown: every backbone pooled; over seeds mean +- sd; slice - noslice paired by seed."""
     columns = [(t, p, m) for t, _, _, m in TASKS for p in PROTOCOLS]
     head = [f"{t} {m} ({p})" for t, p, m in columns]
+
+    def figure(name: str, task: str, protocol: str, metric: str) -> dict | None:
+        return pooled(work, f"results_{name}_{task}", protocol, metric)
+
     names = [RANDOM] + [run_name(r, s) for s in seeds for r, _ in RECIPES]
-    lines = ["| backbone | " + " | ".join(head) + " |", "|" + "---|" * (len(head) + 1)]
-    for name in names:
-        cells = []
-        for task, protocol, metric in columns:
-            value = _pooled(work, name, task, protocol, metric)
-            low, high = value["ci95"] if value else (0, 0)
-            cells.append(f"{value['value']:.3f} [{low:.3f}, {high:.3f}]" if value else "-")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines = table(["backbone", *head])
+    lines += [row([name, *[cell(figure(name, *column)) for column in columns]]) for name in names]
     if len(seeds) < 2:
         return "\n".join(lines)
     values = {
-        (recipe, column): [_pooled(work, run_name(recipe, s), *column) for s in seeds]
+        (recipe, column): [figure(run_name(recipe, s), *column) for s in seeds]
         for recipe, _ in RECIPES
         for column in columns
     }
-    lines += ["", f"| recipe ({len(seeds)} seeds) | " + " | ".join(head) + " |"]
-    lines.append("|" + "---|" * (len(head) + 1))
+    lines += ["", *table([f"recipe ({len(seeds)} seeds)", *head])]
     for recipe, _ in RECIPES:
-        cells = []
-        for column in columns:
-            found = [v["value"] for v in values[recipe, column] if v]
-            spread = statistics.stdev(found) if len(found) > 1 else float("nan")
-            cells.append(f"{statistics.mean(found):.3f} +- {spread:.3f}" if found else "-")
-        lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+        found = [[v["value"] for v in values[recipe, column] if v] for column in columns]
+        lines.append(row([recipe, *map(mean_sd_cell, found)]))
     cells = []
     for column in columns:
         pairs = zip(values["slice", column], values["noslice", column], strict=True)
-        differences = [a["value"] - b["value"] for a, b in pairs if a and b]
-        if len(differences) < 2:
-            cells.append("-")
-            continue
-        mean, low, high = paired_difference(differences)
-        cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-    lines.append("| slice - noslice (paired, 95% t) | " + " | ".join(cells) + " |")
+        cells.append(paired_cell([a["value"] - b["value"] for a, b in pairs if a and b]))
+    lines.append(row(["slice - noslice (paired, 95% t)", *cells]))
     return "\n".join(lines)
 
 
@@ -260,8 +231,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows = slice_labels(args.phantom, args.cache)
     ffdm = ffdm_labels(args.phantom, args.cache)
-    write_rows(args.work / "slice_labels.csv", rows)
-    write_rows(args.work / "ffdm_labels.csv", ffdm)
+    write_csv_atomic(args.work / "slice_labels.csv", list(rows[0]) if rows else ["id"], rows)
+    write_csv_atomic(args.work / "ffdm_labels.csv", list(ffdm[0]) if ffdm else ["id"], ffdm)
     positives = sum(r["lesion_in_slice"] == "1" for r in rows)
     print(f"{len(rows)} DBT slices, {positives} with a lesion -> {args.work / 'slice_labels.csv'}")
     print(f"{len(ffdm)} FFDM images -> {args.work / 'ffdm_labels.csv'}")

@@ -29,7 +29,8 @@ COLUMNS = [
 ]
 
 
-def _cell(metric: dict | None) -> str:
+def cell(metric: dict | None) -> str:
+    """A pooled figure with its bootstrap interval, or '-'."""
     if not metric:
         return "-"
     low, high = metric.get("ci95", [float("nan")] * 2)
@@ -42,7 +43,8 @@ def _results(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _pooled(folder: Path, task: str, protocol: str, metric: str) -> dict | None:
+def pooled(folder: Path, task: str, protocol: str, metric: str) -> dict | None:
+    """The pooled `metric` of `protocol` in FOLDER/TASK/results.json (None when absent)."""
     results = _results(folder / task / "results.json")
     if results is None:
         return None
@@ -50,23 +52,24 @@ def _pooled(folder: Path, task: str, protocol: str, metric: str) -> dict | None:
     return pooled.get("pooled", {}).get(metric)
 
 
-def _table(header: list[str]) -> list[str]:
+def table(header: list[str]) -> list[str]:
     """A Markdown table's header and separator lines."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
 
-def _row(cells: list[str]) -> str:
+def row(cells: list[str]) -> str:
+    """One Markdown table row."""
     return "| " + " | ".join(cells) + " |"
 
 
 def summarize(eval_dir: Path) -> str:
     names = sorted({p.name.rsplit("-", 1)[0] for p in eval_dir.iterdir() if p.is_dir()})
-    lines = _table(["backbone", *[c[3] for c in COLUMNS], "localization hit rate"])
+    lines = table(["backbone", *[c[3] for c in COLUMNS], "localization hit rate"])
     for name in names:
-        cells = [_cell(_pooled(eval_dir, f"{name}-{t}", p, m)) for t, p, m, _ in COLUMNS]
+        cells = [cell(pooled(eval_dir, f"{name}-{t}", p, m)) for t, p, m, _ in COLUMNS]
         loc = _results(eval_dir / f"{name}-loc" / "results.json") or {}
-        cells.append(_cell(loc.get("localization", {}).get("hit_rate")))
-        lines.append(_row([name, *cells]))
+        cells.append(cell(loc.get("localization", {}).get("hit_rate")))
+        lines.append(row([name, *cells]))
     return "\n".join(lines + _over_seeds(eval_dir, names) + _paired(eval_dir, names))
 
 
@@ -78,15 +81,13 @@ def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
     recipes = {recipe: runs for recipe, runs in recipes.items() if len(runs) > 1}
     if not recipes:
         return []
-    lines = ["", *_table(["recipe (seeds)", *[c[3] for c in COLUMNS]])]
+    lines = ["", *table(["recipe (seeds)", *[c[3] for c in COLUMNS]])]
     for recipe, runs in sorted(recipes.items()):
         cells = []
         for task, protocol, metric, _ in COLUMNS:
-            values = [_pooled(eval_dir, f"{run}-{task}", protocol, metric) for run in runs]
-            values = [v["value"] for v in values if v]
-            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            cells.append(f"{statistics.mean(values):.3f} +- {spread:.3f}" if values else "-")
-        lines.append(_row([f"{recipe} ({len(runs)})", *cells]))
+            values = [pooled(eval_dir, f"{run}-{task}", protocol, metric) for run in runs]
+            cells.append(mean_sd_cell([v["value"] for v in values if v]))
+        lines.append(row([f"{recipe} ({len(runs)})", *cells]))
     return lines
 
 
@@ -106,6 +107,22 @@ def paired_difference(values: list[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
+def mean_sd_cell(values: list[float]) -> str:
+    """Mean +- standard deviation over seeds, or '-'."""
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{statistics.mean(values):.3f} +- {spread:.3f}"
+
+
+def paired_cell(differences: list[float]) -> str:
+    """Mean paired difference [95% t interval], or '-' with fewer than two differences."""
+    if len(differences) < 2:
+        return "-"
+    mean, low, high = paired_difference(differences)
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def _paired(eval_dir: Path, names: list[str]) -> list[str]:
     """MammoDINO minus the DINOv2 recipe, seed by seed: mean difference [95% t interval]."""
     recipe, baseline = PAIR
@@ -117,21 +134,17 @@ def _paired(eval_dir: Path, names: list[str]) -> list[str]:
     seeds = sorted(set(runs[recipe]) & set(runs[baseline]))
     if len(seeds) < 2:
         return []
-    lines = ["", *_table([f"{recipe} - {baseline} (seeds paired)", *[c[3] for c in COLUMNS]])]
+    lines = ["", *table([f"{recipe} - {baseline} (seeds paired)", *[c[3] for c in COLUMNS]])]
     cells = []
     for task, protocol, metric, _ in COLUMNS:
         differences = []
         for seed in seeds:
-            ours = _pooled(eval_dir, f"{runs[recipe][seed]}-{task}", protocol, metric)
-            theirs = _pooled(eval_dir, f"{runs[baseline][seed]}-{task}", protocol, metric)
+            ours = pooled(eval_dir, f"{runs[recipe][seed]}-{task}", protocol, metric)
+            theirs = pooled(eval_dir, f"{runs[baseline][seed]}-{task}", protocol, metric)
             if ours and theirs:
                 differences.append(ours["value"] - theirs["value"])
-        if len(differences) < 2:
-            cells.append("-")
-            continue
-        mean, low, high = paired_difference(differences)
-        cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-    lines.append(_row([f"{len(seeds)} seeds", *cells]))
+        cells.append(paired_cell(differences))
+    lines.append(row([f"{len(seeds)} seeds", *cells]))
     return lines
 
 
