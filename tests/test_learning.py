@@ -1,29 +1,35 @@
 """Learning regression: a short pretraining on phantoms must leave the uniform plateau (issue 13,
 acceptance 5). Fails if the plateau comes back.
 
-Phantom mammograms with known density classes (A-D, glandular fraction), ViT-Tiny/8 at 32 px,
-tiny-cpu's small-data regime (batch-statistics head, EMA centering, views that share what they
-show, mild intensity jitter), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least
-0.5 below ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's
-kNN density accuracy (the online monitor: whole images, neighbours from other patients only;
-mean of the probes at steps 300, 350 and 400) at least 0.05 above its step-0 value.
+512 phantom mammograms (128 women, density classes A-D by glandular fraction), ViT-Tiny/16 at
+64 px global / 32 px local crops (16 and 4 tokens: the cost of ViT-Tiny/8 at 32 px), tiny-cpu's
+small-data regime (batch-statistics head, EMA centering, views that share what they show, mild
+intensity jitter), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least 0.5 below
+ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's kNN
+density accuracy (the online monitor: whole images at 64 px, k 10, neighbours from other women
+only; mean of the probes at steps 300, 350 and 400) at least 0.06 above its step-0 value.
 
-The issue asked for +0.15 on the kNN; at this size the density gain is small and noisy, the
-plateau signals are not. Measured with this test's settings (hidden 256 / bottleneck 64 head):
-+0.093 with 2 threads, +0.157 with 1 thread (the same seeds: thread count alone changes the
-trajectory), +0.100 with train.seed=1; with TINY_TRAIN's 32/16 head +0.074 and +0.078. Also tried
-(1 thread), no better: 256 phantoms (+0.077), 64 px crops with 16 px patches (+0.097), 256
-prototypes (+0.095), twice the learning rate (+0.109), probing at 48 px (+0.085), teacher
-momentum 0.9 (+0.055), 600 steps (+0.104, 257 s), 4 or 6 local crops (+0.073, +0.094), smaller
-crops (global 0.3-0.8 / local 0.1-0.3: +0.121; 0.25-0.6 / 0.1-0.25: +0.077), no iBOT loss
-(+0.129), no KoLeo (+0.115). loss/dino ended 1.8-3.1 below ln K in every variant; on the plateau
-it sits at ln K and the kNN stays at its step-0 value, which +0.05 catches with margin.
+Measured (`train.seed` 0 / 1 / 2, one thread each; `loss/dino` 1.9-2.0 below ln K, entropy
+0.37-0.42): kNN 0.297 -> 0.393, 0.303 -> 0.391, 0.293 -> 0.402, gains +0.096 / +0.089 / +0.109;
+the test runs seed 0 with one thread (conftest): +0.096, about 3 minutes with the phantoms. On
+the plateau the kNN stays at its step-0 value.
 
-Why the gain is small: on these phantoms density is texture, and 32 px keeps little of it. On the
-128 phantoms, GLCM/LBP texture features of the 128 px cache (`eval.handcrafted`, `eval` with 5-fold
-CV) reach density kNN 0.556 / logreg 0.675. With the monitor's kNN and a 5-fold patient-level
-logreg: intensity statistics of the 32 px breast (mean, sd, percentiles, bright fraction) 0.505 /
-0.369; the teacher's CLS at step 0 0.24 / 0.34, after 400 steps 0.40 / 0.34.
+The issue asked for +0.15; at this size the teacher does not get there. The previous version of
+this test (128 phantoms = 32 women, 32 px crops with 8 px patches, k 5) asserted +0.05 and looked
+better than it was: with eight women per class its probe moved by up to 0.1 with the seed alone
+(gains +0.162 / +0.013 / +0.080 over seeds 0-2), so the one passing trajectory said little. With
+four times the women the gains are steady, and small: every setting tried (512 phantoms, one
+thread, seed 0, seed 1 in brackets) ended between kNN 0.37 and 0.42. With the old ViT-Tiny/8 at
+32 px: tiny-cpu's crops +0.036 (+0.022); crops held inside the breast
+(`crops.global_min_tissue=0.9 crops.local_min_tissue=0.9`) +0.071 (+0.039); the same with smaller
+crops (global 0.2-0.5, local 0.05-0.2) +0.074 (+0.053); global 0.3-0.6 / local 0.1-0.3 +0.061; no
+intensity jitter +0.043. With patch 16 at 64 px: tiny-cpu's crops (this test) +0.096 (+0.089),
+crops inside the breast +0.115. At 32 px the step-0 teacher already encodes the view (CC/MLO kNN
+0.99) and the trained one keeps it (0.96-0.98), while density moves from 0.34 to 0.37-0.41;
+brightness statistics of the 32 px breast (mean, sd, percentiles) reach 0.61 on the same 512
+images. On these phantoms density is a texture and glandular-fraction signal that 400 steps at
+this size hardly learn; on mini-MIAS at 128 px and 1200 steps the same regime does (README,
+"Results on real data").
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from mammodino.config import load_config
 from mammodino.train.loop import train
 
 STEPS = 400
+N_PHANTOMS = 512  # 128 women: a density probe steady enough to assert on (docstring)
 N_PROTOTYPES = 64  # TINY_TRAIN's heads
 
 
@@ -48,7 +55,7 @@ def phantom_cache(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("learning")
     src, cache = root / "phantom", root / "cache"
-    argv = ["synth", str(src), "--ffdm", "128", "--dbt", "0", "--seed", "0"]
+    argv = ["synth", str(src), "--ffdm", str(N_PHANTOMS), "--dbt", "0", "--seed", "0"]
     assert main([*argv, "--ffdm-shape", "256", "200", "--workers", "1"]) == 0
     prepare = ["prepare", str(src / "ffdm"), str(cache), "--workers", "1", "--no-progress"]
     assert main([*prepare, "prepare.cache_size=128"]) == 0
@@ -62,9 +69,13 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
         preset="tiny-cpu",
         overrides=[
             *TINY_TRAIN,  # sizes only: the regime itself is tiny-cpu's
-            # A wider head than TINY_TRAIN's 32/16 (ViT-Tiny embeds 192): more kNN gain (below).
+            # A wider head than TINY_TRAIN's 32/16 (ViT-Tiny embeds 192): more kNN gain.
             "heads.dino_hidden_dim=256",
             "heads.dino_bottleneck_dim=64",
+            # tiny-cpu's patch 16; 64 px crops keep TINY_TRAIN's cost (16 and 4 tokens).
+            "model.patch_size=16",
+            "crops.global_size=64",
+            "crops.local_size=32",
             f"data.source={cache}",
             f"optim.max_steps={STEPS}",
             f"optim.epochs={STEPS // 10}",
@@ -75,9 +86,9 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
             f"monitor.source={cache}",
             f"monitor.labels={src / 'labels.csv'}",
             "monitor.label_column=density",
-            "monitor.image_size=32",
+            "monitor.image_size=64",
             "monitor.every=50",
-            "monitor.k=5",
+            "monitor.k=10",
         ],
     )
     run = tmp_path / "run"
@@ -92,5 +103,5 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
     assert dino <= ln_k - 0.5, (dino, ln_k)
     assert entropy <= 0.8, entropy
     late = float(np.mean([knn[s] for s in (STEPS - 100, STEPS - 50, STEPS)]))
-    assert late >= knn[0] + 0.05, knn
+    assert late >= knn[0] + 0.06, knn
     assert not any("warning" in r for r in records), "the plateau/collapse detector fired"
