@@ -218,7 +218,8 @@ def summary(work: Path, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --run and --seeds may stand anywhere, before or after key=value."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phantom", type=Path, help="output folder of `mammodino synth`")
     parser.add_argument("cache", type=Path, help="`mammodino prepare PHANTOM CACHE` output")
@@ -226,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", action="store_true", help="run the commands, not just print")
     parser.add_argument("--seeds", default="0", help="train.seed of each pair, e.g. 0,1,2")
     parser.add_argument("overrides", nargs="*", help="key=value for both pretraining runs")
-    args = parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     args.work.mkdir(parents=True, exist_ok=True)
     rows = slice_labels(args.phantom, args.cache)

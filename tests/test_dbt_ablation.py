@@ -119,3 +119,18 @@ def test_summary_gives_every_backbone_the_mean_over_seeds_and_the_paired_differe
     )
     assert lines[12].endswith("| - | - | - | - |")
     assert len(ablation.summary(tmp_path, [0]).splitlines()) == 5  # one seed: no seed tables
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--run", "--seeds", "0,1", "P", "C", "W", "data.dbt_fraction=0.5", "dbt.pair_size=48"],
+        ["P", "C", "W", "data.dbt_fraction=0.5", "dbt.pair_size=48", "--run", "--seeds", "0,1"],
+        ["--seeds", "0,1", "P", "C", "W", "--run", "data.dbt_fraction=0.5", "dbt.pair_size=48"],
+    ],
+)
+def test_flags_may_stand_before_or_after_the_overrides(ablation, argv):
+    args = ablation.parse_args(argv)
+    assert (args.phantom, args.cache, args.work) == (Path("P"), Path("C"), Path("W"))
+    assert args.run and args.seeds == "0,1"
+    assert args.overrides == ["data.dbt_fraction=0.5", "dbt.pair_size=48"]
