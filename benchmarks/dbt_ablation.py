@@ -242,9 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(rows)} DBT slices, {positives} with a lesion -> {args.work / 'slice_labels.csv'}")
     print(f"{len(ffdm)} FFDM images -> {args.work / 'ffdm_labels.csv'}")
     counts = {"slice_labels.csv": len(rows), "ffdm_labels.csv": len(ffdm)}
-    tasks = tuple(
-        task for task in TASKS if counts[task[1]]
-    )  # a phantom without FFDM: no FFDM probe
+    # A phantom without FFDM: no FFDM probe.
+    tasks = tuple(task for task in TASKS if counts[task[1]])
     todo = stages(args.cache, args.work, seeds, args.overrides, tasks)
     if not args.run:
         for stage in todo:
