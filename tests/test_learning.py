@@ -4,15 +4,18 @@ acceptance 5). Fails if the plateau comes back.
 512 phantom mammograms (128 women, density classes A-D by glandular fraction), ViT-Tiny/16 at
 64 px global / 32 px local crops (16 and 4 tokens: the cost of ViT-Tiny/8 at 32 px), tiny-cpu's
 small-data regime (batch-statistics head, EMA centering, views that share what they show, mild
-intensity jitter), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least 0.5 below
-ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's kNN
-density accuracy (the online monitor: whole images at 64 px, k 10, neighbours from other women
+intensity jitter) with its crops held inside the breast (`crops.global_min_tissue=0.9
+crops.local_min_tissue=0.9`), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least
+0.5 below ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's
+kNN density accuracy (the online monitor: whole images at 64 px, k 10, neighbours from other women
 only; mean of the probes at steps 300, 350 and 400) at least 0.06 above its step-0 value.
 
-Measured (`train.seed` 0 / 1 / 2, one thread each; `loss/dino` 1.9-2.0 below ln K, entropy
-0.37-0.42): kNN 0.297 -> 0.393, 0.303 -> 0.391, 0.293 -> 0.402, gains +0.096 / +0.089 / +0.109;
-the test runs seed 0 with one thread (conftest): +0.096, about 3 minutes with the phantoms. On
-the plateau the kNN stays at its step-0 value.
+Measured (`train.seed` 0-4, one thread each; `loss/dino` 2.1-2.6 below ln K, entropy 0.20-0.34):
+gains +0.115 / +0.093 / +0.154 / +0.078 / +0.098 (kNN 0.29-0.34 -> 0.40-0.45); the test runs
+seed 0 with one thread (conftest), about 3 minutes with the phantoms. With tiny-cpu's own crops
+(min tissue 0.3 / 0.15) the same seeds gained +0.096 / +0.089 / +0.109 / +0.059 / +0.035: two of
+five under the assertion, so the test holds its crops inside the breast (paired +0.030, 95% t
+interval [+0.001, +0.059]). On the plateau the kNN stays at its step-0 value.
 
 The issue asked for +0.15; at this size the teacher does not get there. The previous version of
 this test (128 phantoms = 32 women, 32 px crops with 8 px patches, k 5) asserted +0.05 and looked
@@ -23,8 +26,8 @@ thread, seed 0, seed 1 in brackets) ended between kNN 0.34 and 0.45. With the ol
 32 px: tiny-cpu's crops +0.036 (+0.022); crops held inside the breast
 (`crops.global_min_tissue=0.9 crops.local_min_tissue=0.9`) +0.071 (+0.039); the same with smaller
 crops (global 0.2-0.5, local 0.05-0.2) +0.074 (+0.053); global 0.3-0.6 / local 0.1-0.3 +0.061; no
-intensity jitter +0.043. With patch 16 at 64 px: tiny-cpu's crops (this test) +0.096 (+0.089), crops
-inside the breast +0.115 (+0.093; seed 2 +0.154). Head and optimisation settings (docs/pretrain.md,
+intensity jitter +0.043. With patch 16 at 64 px: tiny-cpu's crops +0.096 (+0.089), crops inside
+the breast (this test) +0.115 (+0.093). Head and optimisation settings (docs/pretrain.md,
 "The learning regression test": prototypes 256-4096, teacher temperature 0.05-0.07, lr x2/x4,
 momentum, KoLeo, iBOT off, weight decay, layerscale) gave +0.02 to +0.14 at seed 0; the best
 (+0.139, 256 prototypes) gave +0.087 / +0.099 with seeds 1 / 2, and with temperature 0.07 (+0.137
@@ -80,6 +83,10 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
             "model.patch_size=16",
             "crops.global_size=64",
             "crops.local_size=32",
+            # Crops held inside the breast: the gain over five seeds never falls under +0.078;
+            # with tiny-cpu's crops it fell to +0.059 / +0.035 at seeds 3 / 4 (docstring).
+            "crops.global_min_tissue=0.9",
+            "crops.local_min_tissue=0.9",
             f"data.source={cache}",
             f"optim.max_steps={STEPS}",
             f"optim.epochs={STEPS // 10}",
