@@ -44,7 +44,10 @@ def inner_box(image: np.ndarray, share: float, size: int) -> np.ndarray:
 def load_images(cache: Path, labels_csv: Path, column: str, size: int, share: float):
     """Whole-image thumbnails, inner boxes, integer labels and patient groups of labelled rows."""
     with labels_csv.open(newline="") as handle:
-        labels = {PurePath(r["file"]).name: r[column] for r in csv.DictReader(handle) if r[column]}
+        reader = csv.DictReader(handle)
+        if not {"file", column} <= set(reader.fieldnames or ()):
+            raise SystemExit(f"{labels_csv.name}: needs columns 'file' and {column!r}")
+        labels = {PurePath(r["file"]).name: r[column] for r in reader if r[column]}
     whole, inner, names, groups = [], [], [], []
     for row in read_manifest(cache, required=("image",)):
         key = PurePath(row.get("source", "")).name
