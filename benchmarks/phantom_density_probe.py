@@ -3,10 +3,11 @@
 For each backbone (run folder, checkpoint, or `random:vit_tiny/16`) prints the k-NN density
 accuracy of its CLS token on the monitor's input (whole images, zero-padded square), on the
 breast's inner box (the cache's central rows, chest-wall side, `--inner` of each side), a
-patient-grouped 5-fold logistic regression on the whole-image CLS, and, once, k-NN on
-standardised brightness statistics of the breast (mean, sd, percentiles): what the density
-classes of the phantom rest on. All k-NN as the online monitor computes it (cosine, other
-patients' images only, balanced accuracy).
+patient-grouped 5-fold logistic regression on the whole-image CLS, and, once, k-NN on the
+standardised intensity entries of the hand-crafted baseline (histogram, mean, sd, percentiles,
+moments, breast area, inside the cached mask): what the phantom's density classes rest on.
+Images, labels and patients are joined as the online monitor joins them, and every k-NN is the
+monitor's (cosine, other patients' images only, balanced accuracy).
 
   python benchmarks/phantom_density_probe.py CACHE LABELS.csv random:vit_tiny/16 RUN [RUN ...]
 """
@@ -14,8 +15,7 @@ patients' images only, balanced accuracy).
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -26,11 +26,16 @@ from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mammodino.config import load_config
+from mammodino.errors import ConfigError
 from mammodino.eval.backbone import load_backbone
-from mammodino.preprocess.cache import read_cached_float, read_manifest
-from mammodino.train.monitor import knn_balanced_accuracy, square_thumbnail
+from mammodino.eval.handcrafted import feature_names, handcrafted_features
+from mammodino.preprocess.cache import read_cached_pair
+from mammodino.settings import as_settings
+from mammodino.train.monitor import knn_balanced_accuracy, labelled_cache_rows, square_thumbnail
 
-BACKGROUND = 0.02  # below this a thumbnail pixel counts as background for the brightness statistics
+# The hand-crafted vector starts with its intensity entries, up to the breast's area.
+N_INTENSITY = feature_names().index("area_fraction") + 1
 
 
 def inner_box(image: np.ndarray, share: float, size: int) -> np.ndarray:
@@ -38,41 +43,14 @@ def inner_box(image: np.ndarray, share: float, size: int) -> np.ndarray:
     height, width = image.shape
     rows, cols = max(1, int(height * share)), max(1, int(width * share))
     top = (height - rows) // 2
-    return cv2.resize(image[top : top + rows, :cols], (size, size), interpolation=cv2.INTER_AREA)
+    box = cv2.resize(image[top : top + rows, :cols], (size, size), interpolation=cv2.INTER_AREA)
+    return np.clip(box, 0.0, 1.0)
 
 
-def load_images(cache: Path, labels_csv: Path, column: str, size: int, share: float):
-    """Whole-image thumbnails, inner boxes, integer labels and patient groups of labelled rows."""
-    with labels_csv.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not {"file", column} <= set(reader.fieldnames or ()):
-            raise SystemExit(f"{labels_csv.name}: needs columns 'file' and {column!r}")
-        labels = {PurePath(r["file"]).name: r[column] for r in reader if r[column]}
-    whole, inner, names, groups = [], [], [], []
-    for row in read_manifest(cache, required=("image",)):
-        key = PurePath(row.get("source", "")).name
-        if key not in labels:
-            continue
-        image = read_cached_float(cache, row)
-        whole.append(square_thumbnail(image, size))
-        inner.append(np.clip(inner_box(image, share, size), 0.0, 1.0))
-        names.append(labels[key])
-        groups.append(row.get("patient_id") or key)
-    classes = sorted(set(names))
-    y = np.array([classes.index(n) for n in names])
-    return np.stack(whole), np.stack(inner), y, np.array(groups)
-
-
-def brightness_statistics(thumbnails: np.ndarray) -> np.ndarray:
-    """Per image: mean, sd, 10/25/50/75/90th percentiles and area of the breast's pixels."""
-    rows = []
-    for image in thumbnails:
-        breast = image[image > BACKGROUND]
-        if breast.size == 0:
-            breast = np.zeros(1, dtype=np.float32)
-        rows.append([breast.mean(), breast.std(), *np.percentile(breast, [10, 25, 50, 75, 90])])
-        rows[-1].append(breast.size)
-    stats = np.array(rows, dtype=np.float64)
+def intensity_features(images: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
+    """The hand-crafted baseline's intensity entries of each image, standardised over images."""
+    vectors = [handcrafted_features(i, m)[:N_INTENSITY] for i, m in zip(images, masks, strict=True)]
+    stats = np.stack(vectors).astype(np.float64)
     return (stats - stats.mean(0)) / (stats.std(0) + 1e-9)
 
 
@@ -100,10 +78,25 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args()
     size = args.image_size
-    whole, inner, y, groups = load_images(args.cache, args.labels, args.column, size, args.inner)
-    print(f"{len(y)} images, {len(set(groups))} patients, {len(set(y))} classes, {size} px")
-    stats = brightness_statistics(whole)
-    print(f"brightness statistics: k-NN {knn_balanced_accuracy(stats, y, groups, args.k):.3f}")
+    monitor = as_settings(load_config(overrides=[f"monitor.label_column={args.column}"])).monitor
+    try:
+        rows, names, patients = labelled_cache_rows(args.cache, args.labels, monitor)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    images, masks = [], []
+    for row in rows:
+        stored, mask = read_cached_pair(args.cache, row)
+        images.append(stored.astype(np.float32) / float(np.iinfo(stored.dtype).max))
+        masks.append(mask > 0)
+    classes = sorted(set(names))
+    y, groups = np.array([classes.index(n) for n in names]), np.array(patients)
+    whole = np.stack([square_thumbnail(image, size) for image in images])
+    inner = np.stack([inner_box(image, args.inner, size) for image in images])
+    print(f"{len(y)} images, {len(set(patients))} patients, {len(classes)} classes, {size} px")
+    stats = intensity_features(images, masks)
+    print(
+        f"hand-crafted intensity entries: k-NN {knn_balanced_accuracy(stats, y, groups, args.k):.3f}"
+    )
     print("backbone | whole-image k-NN | inner-box k-NN | whole-image logreg")
     for weights in args.weights:
         cls_whole = cls_features(weights, whole, size)

@@ -1,5 +1,5 @@
-"""benchmarks/phantom_density_probe.py: the inner box it crops and the brightness statistics it
-ranks density with, on constructed images."""
+"""benchmarks/phantom_density_probe.py: the inner box it crops and the intensity features it ranks
+density with, on constructed images."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ def test_inner_box_keeps_the_central_rows_on_the_chest_wall_side():
     assert 0.2 < whole.mean() < 0.3  # the whole image: a quarter of it is the box
 
 
-def test_brightness_statistics_ignore_background_and_rank_brightness():
-    dim, bright = np.zeros((3, 16, 16), dtype=np.float32), np.zeros((3, 16, 16), dtype=np.float32)
-    dim[:, :, :8], bright[:, :, :8] = 0.3, 0.7  # same breast area, different brightness
-    stats = probe.brightness_statistics(np.concatenate([dim, bright]))
-    assert stats.shape == (6, 8)
-    mean = stats[:, 0]
-    assert np.all(mean[:3] < 0) and np.all(mean[3:] > 0)  # standardised: dim below, bright above
-    np.testing.assert_allclose(stats[:, -1], 0.0)  # equal breast areas standardise to 0
-    empty = probe.brightness_statistics(np.zeros((2, 4, 4), dtype=np.float32))
-    assert np.all(np.isfinite(empty))
+def test_intensity_features_rank_brightness_inside_the_mask():
+    names = probe.feature_names()[: probe.N_INTENSITY]
+    assert names[-1] == "area_fraction" and "glcm_contrast_d1" not in names
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[:, :16] = True  # the same breast for every image
+    images = [np.where(mask, level, 0.0).astype(np.float32) for level in (0.3, 0.3, 0.3, 0.7)]
+    images[2][0, 20] = 1.0  # outside the mask: must not count
+    stats = probe.intensity_features(images, [mask] * 4)
+    assert stats.shape == (4, probe.N_INTENSITY)
+    mean = stats[:, names.index("mean")]
+    assert np.all(mean[:3] < 0) and mean[3] > 0  # standardised: dim below, bright above
+    np.testing.assert_allclose(stats[:, names.index("area_fraction")], 0.0)  # equal areas
+    np.testing.assert_array_equal(stats[1], stats[2])

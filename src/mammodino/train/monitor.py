@@ -74,10 +74,10 @@ def square_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(small, 0.0, 1.0)
 
 
-def load_monitor_images(
-    cache: Path, labels_csv: Path, monitor: MonitorSettings, image_size: int
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Images [N, 1, S, S] in [0, 1], integer labels and patient groups of the labelled cache rows."""
+def labelled_cache_rows(
+    cache: Path, labels_csv: Path, monitor: MonitorSettings
+) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """The cache's manifest rows that have a label, their labels and their patients' ids."""
     label_column, label_key = monitor.label_column, monitor.labels_key
     labels_by_key = {}
     for row in _read_csv(labels_csv):
@@ -88,12 +88,12 @@ def load_monitor_images(
             )
         if row[label_column].strip():
             labels_by_key[PurePath(row[label_key]).name] = row[label_column].strip()
-    images, names, groups = [], [], []
+    rows, names, groups = [], [], []
     for row in read_manifest(cache, required=("image",)):
         key = PurePath(row.get(monitor.manifest_key, "")).name
         if key not in labels_by_key:
             continue
-        images.append(torch.from_numpy(square_thumbnail(read_cached_float(cache, row), image_size)))
+        rows.append(row)
         names.append(labels_by_key[key])
         groups.append(_patient_of(row, key))
     if len(set(names)) < 2 or len(names) < 4:
@@ -101,6 +101,18 @@ def load_monitor_images(
             f"monitor: only {len(names)} labelled images in {cache.name} match {labels_csv.name} "
             f"(join {monitor.manifest_key!r} -> {label_key!r}); need 4+ images and 2+ classes"
         )
+    return rows, names, groups
+
+
+def load_monitor_images(
+    cache: Path, labels_csv: Path, monitor: MonitorSettings, image_size: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Images [N, 1, S, S] in [0, 1], integer labels and patient groups of the labelled cache rows."""
+    rows, names, groups = labelled_cache_rows(cache, labels_csv, monitor)
+    images = [
+        torch.from_numpy(square_thumbnail(read_cached_float(cache, row), image_size))
+        for row in rows
+    ]
     classes = sorted(set(names))
     labels = np.array([classes.index(n) for n in names])
     return torch.stack(images).unsqueeze(1), labels, np.array(groups)
