@@ -6,6 +6,10 @@ breast's inner box (the cache's central rows, chest-wall side, `--inner` of each
 patient-grouped 5-fold logistic regression on the whole-image CLS, and, once, k-NN on the
 standardised intensity entries of the hand-crafted baseline (histogram, mean, sd, percentiles,
 moments, breast area, inside the cached mask): what the phantom's density classes rest on.
+With `--regress COLUMN ...` (default: the phantom's `gland_fraction` and `thickness_mm`) it also
+prints how much of each continuous column a patient-grouped 5-fold ridge regression recovers from
+the CLS (R^2, whole image and inner box) and how the breast's mean brightness correlates with it:
+whether a backbone that k-NN ranks poorly still carries the density signal linearly.
 Images, labels and patients are joined as the online monitor joins them, and every k-NN is the
 monitor's (cosine, other patients' images only, balanced accuracy).
 
@@ -15,12 +19,13 @@ monitor's (cosine, other patients' images only, balanced accuracy).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import csv
+from pathlib import Path, PurePath
 
 import cv2
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, RidgeCV
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import GroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
@@ -31,7 +36,7 @@ from mammodino.errors import ConfigError
 from mammodino.eval.backbone import load_backbone
 from mammodino.eval.handcrafted import feature_names, handcrafted_features
 from mammodino.preprocess.cache import read_cached_pair
-from mammodino.settings import as_settings
+from mammodino.settings import MonitorSettings, as_settings
 from mammodino.train.monitor import knn_balanced_accuracy, labelled_cache_rows, square_thumbnail
 
 # The hand-crafted vector starts with its intensity entries, up to the breast's area.
@@ -67,6 +72,30 @@ def grouped_logreg(features: np.ndarray, y: np.ndarray, groups: np.ndarray) -> f
     return float(balanced_accuracy_score(y, predicted))
 
 
+def grouped_r2(features: np.ndarray, target: np.ndarray, groups: np.ndarray) -> float:
+    """R^2 of a patient-grouped 5-fold ridge regression (alpha chosen inside each fold)."""
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+    predicted = cross_val_predict(model, features, target, groups=groups, cv=GroupKFold(5))
+    return float(1.0 - ((predicted - target) ** 2).sum() / ((target - target.mean()) ** 2).sum())
+
+
+def column_values(
+    rows: list[dict[str, str]], labels: Path, monitor: MonitorSettings, column: str
+) -> np.ndarray:
+    """`column` of the labels CSV as floats, in the order of the monitor's cache rows."""
+    with labels.open(newline="") as handle:
+        by_key = {
+            PurePath(r[monitor.labels_key]).name: r.get(column) for r in csv.DictReader(handle)
+        }
+    values = [by_key.get(PurePath(row.get(monitor.manifest_key, "")).name) for row in rows]
+    if any(value is None or not value.strip() for value in values):
+        raise SystemExit(f"{labels.name}: column {column!r} is missing or empty for some images")
+    try:
+        return np.array([float(value) for value in values])
+    except ValueError as error:
+        raise SystemExit(f"{labels.name}: column {column!r} is not numeric ({error})") from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cache", type=Path, help="prepared phantom cache")
@@ -76,6 +105,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--inner", type=float, default=0.5, help="share of each side kept")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--regress",
+        nargs="*",
+        default=["gland_fraction", "thickness_mm"],
+        help="continuous label columns to recover by ridge regression (none: skip)",
+    )
     args = parser.parse_args()
     size = args.image_size
     monitor = as_settings(load_config(overrides=[f"monitor.label_column={args.column}"])).monitor
@@ -97,14 +132,25 @@ def main() -> None:
     print(
         f"hand-crafted intensity entries: k-NN {knn_balanced_accuracy(stats, y, groups, args.k):.3f}"
     )
-    print("backbone | whole-image k-NN | inner-box k-NN | whole-image logreg")
+    targets = {c: column_values(rows, args.labels, monitor, c) for c in args.regress}
+    brightness = np.array([image[mask].mean() for image, mask in zip(images, masks, strict=True)])
+    for column, target in targets.items():
+        print(
+            f"mean breast brightness vs {column}: r = {np.corrcoef(brightness, target)[0, 1]:+.2f}"
+        )
+    r2_header = "".join(f" | R^2 {c} whole / inner" for c in targets)
+    print(f"backbone | whole-image k-NN | inner-box k-NN | whole-image logreg{r2_header}")
     for weights in args.weights:
         cls_whole = cls_features(weights, whole, size)
         cls_inner = cls_features(weights, inner, size)
+        r2_cells = "".join(
+            f" | {grouped_r2(cls_whole, t, groups):.2f} / {grouped_r2(cls_inner, t, groups):.2f}"
+            for t in targets.values()
+        )
         print(
             f"{weights} | {knn_balanced_accuracy(cls_whole, y, groups, args.k):.3f}"
             f" | {knn_balanced_accuracy(cls_inner, y, groups, args.k):.3f}"
-            f" | {grouped_logreg(cls_whole, y, groups):.3f}",
+            f" | {grouped_logreg(cls_whole, y, groups):.3f}{r2_cells}",
             flush=True,
         )
 

@@ -8,10 +8,14 @@ intensity jitter) with its crops held inside the breast (`crops.global_min_tissu
 crops.local_min_tissue=0.9`), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least
 0.5 below ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's
 kNN density accuracy (the online monitor: whole images at 64 px, k 10, neighbours from other women
-only; mean of the probes at steps 300, 350 and 400) at least 0.06 above its step-0 value.
+only; mean of the probes at steps 300, 350 and 400) at least 0.06 above its step-0 value, and the
+glandular fraction that the classes are cut from recovered from the teacher's CLS of the breast's
+inner box (patient-grouped 5-fold ridge R^2) at least 0.15 above a random ViT's.
 
 Measured (`train.seed` 0-4, one thread each; `loss/dino` 2.1-2.6 below ln K, entropy 0.20-0.34):
-gains +0.115 / +0.093 / +0.154 / +0.078 / +0.098 (kNN 0.29-0.34 -> 0.40-0.45); the test runs
+gains +0.115 / +0.093 / +0.154 / +0.078 / +0.098 (kNN 0.29-0.34 -> 0.40-0.45); glandular-fraction
+R^2 0.71 / 0.72 / 0.70 / 0.71 / 0.70 against 0.49 for random init, and 0.57 for a run on the plateau
+(no batch-statistics head, Sinkhorn-Knopp, LayerScale 1e-5: kNN gain -0.017); the test runs
 seed 0 with one thread (conftest), about 3 minutes with the phantoms. With tiny-cpu's own crops
 (min tissue 0.3 / 0.15) the same seeds gained +0.096 / +0.089 / +0.109 / +0.059 / +0.035: two of
 five under the assertion, so the test holds its crops inside the breast (paired +0.030, 95% t
@@ -37,20 +41,27 @@ density is a texture and glandular-fraction signal that 400 steps at this size h
 mini-MIAS at 128 px and 1200 steps the same regime does (README, "Results on real data").
 Why: a random ViT shown only the breast's interior ranks density at kNN 0.50, and every trained
 teacher lower (0.37-0.43); training lifts the whole-image value by weighting the outline and view
-less, not by learning brightness (benchmarks/phantom_density_probe.py; docs/pretrain.md).
+less, not by learning brightness (benchmarks/phantom_density_probe.py; docs/pretrain.md). Yet the
+trained CLS does carry the glandular fraction (the R^2 above): k-NN misses it because the phantoms'
+brightness follows compressed thickness (r 0.79) more than glandular fraction (r 0.51), and the
+cosine neighbours follow brightness. Hence the second, steadier density assertion.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import TINY_TRAIN
+from helpers import TINY_TRAIN, load_benchmark
 from mammodino.config import load_config
+from mammodino.preprocess.cache import read_cached_float
+from mammodino.settings import MonitorSettings, as_settings
 from mammodino.train.loop import train
+from mammodino.train.monitor import labelled_cache_rows
 
 STEPS = 400
 N_PHANTOMS = 512  # 128 women: a density probe steady enough to assert on (docstring)
@@ -117,3 +128,24 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
     late = float(np.mean([knn[s] for s in (STEPS - 100, STEPS - 50, STEPS)]))
     assert late >= knn[0] + 0.06, knn
     assert not any("warning" in r for r in records), "the plateau/collapse detector fired"
+    # What density is defined by: the glandular fraction, recovered linearly from the CLS of the
+    # breast's interior, where k-NN is swamped by brightness that follows thickness (docstring).
+    monitor = as_settings(cfg).monitor
+    fraction_r2 = {
+        w: gland_fraction_r2(cache, src / "labels.csv", monitor, w)
+        for w in ("random:vit_tiny/16", run)
+    }
+    assert fraction_r2[run] >= fraction_r2["random:vit_tiny/16"] + 0.15, fraction_r2
+
+
+def gland_fraction_r2(
+    cache: Path, labels: Path, monitor: MonitorSettings, weights: str | Path
+) -> float:
+    """R^2 of the phantoms' glandular fraction from a frozen backbone's CLS on the breast's inner
+    box at 64 px (patient-grouped 5-fold ridge; benchmarks/phantom_density_probe.py)."""
+    probe = load_benchmark("phantom_density_probe")
+    rows, _, groups = labelled_cache_rows(cache, labels, monitor)
+    fractions = probe.column_values(rows, labels, monitor, "gland_fraction")
+    inner = np.stack([probe.inner_box(read_cached_float(cache, row), 0.5, 64) for row in rows])
+    features = probe.cls_features(str(weights), inner, 64)
+    return probe.grouped_r2(features, fractions, np.array(groups))

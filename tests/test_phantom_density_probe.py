@@ -4,6 +4,7 @@ density with, on constructed images."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from helpers import load_benchmark
 
@@ -33,3 +34,30 @@ def test_intensity_features_rank_brightness_inside_the_mask():
     assert np.all(mean[:3] < 0) and mean[3] > 0  # standardised: dim below, bright above
     np.testing.assert_allclose(stats[:, names.index("area_fraction")], 0.0)  # equal areas
     np.testing.assert_array_equal(stats[1], stats[2])
+
+
+def test_grouped_r2_recovers_a_linear_target_and_not_noise():
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((200, 6))
+    groups = np.repeat(np.arange(50), 4)  # four images a woman, as in the phantom
+    linear = features @ np.array([1.0, -2.0, 0.5, 0.0, 0.0, 0.0])
+    assert probe.grouped_r2(features, linear, groups) > 0.99
+    assert probe.grouped_r2(features, rng.standard_normal(200), groups) < 0.05
+
+
+def test_column_values_follow_the_monitor_rows_and_name_a_missing_column(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "file,gland_fraction,thickness_mm,view\nffdm/b.dcm,0.25,50,CC\nffdm/a.dcm,0.5,,MLO\n"
+    )
+    monitor = probe.as_settings(probe.load_config()).monitor
+    rows = [{monitor.manifest_key: "src/a.dcm"}, {monitor.manifest_key: "src/b.dcm"}]
+    np.testing.assert_allclose(
+        probe.column_values(rows, labels, monitor, "gland_fraction"), [0.5, 0.25]
+    )
+    with pytest.raises(SystemExit, match="'thickness_mm' is missing or empty"):
+        probe.column_values(rows, labels, monitor, "thickness_mm")
+    with pytest.raises(SystemExit, match="'view' is not numeric"):
+        probe.column_values(rows, labels, monitor, "view")
+    with pytest.raises(SystemExit, match="'laterality' is missing"):
+        probe.column_values(rows, labels, monitor, "laterality")
