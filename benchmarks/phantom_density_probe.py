@@ -35,7 +35,7 @@ from mammodino.config import load_config
 from mammodino.errors import ConfigError
 from mammodino.eval.backbone import load_backbone
 from mammodino.eval.handcrafted import feature_names, handcrafted_features
-from mammodino.preprocess.cache import read_cached_pair
+from mammodino.preprocess.cache import read_cached_float, read_cached_mask
 from mammodino.settings import MonitorSettings, as_settings
 from mammodino.train.monitor import knn_balanced_accuracy, labelled_cache_rows, square_thumbnail
 
@@ -120,9 +120,9 @@ def main() -> None:
         raise SystemExit(str(error)) from None
     images, masks = [], []
     for row in rows:
-        stored, mask = read_cached_pair(args.cache, row)
-        images.append(stored.astype(np.float32) / float(np.iinfo(stored.dtype).max))
-        masks.append(mask > 0)
+        image = read_cached_float(args.cache, row)
+        images.append(image)
+        masks.append(read_cached_mask(args.cache / row["mask"], image.shape) > 0)
     classes = sorted(set(names))
     y, groups = np.array([classes.index(n) for n in names]), np.array(patients)
     whole = np.stack([square_thumbnail(image, size) for image in images])
