@@ -83,16 +83,25 @@ def _keys_that_differ(preset: dict, base: dict) -> set[str]:
     }
 
 
-def test_demo_preset_is_tiny_cpu_with_its_own_schedule_and_monitor():
+def test_demo_preset_is_tiny_cpu_at_the_learning_tests_sizes_with_its_own_schedule():
     demo, tiny = load_config(preset="demo").to_dict(), load_config(preset="tiny-cpu").to_dict()
     assert _keys_that_differ(demo, tiny) == {
+        "heads.dino_out_dim",
+        "heads.ibot_out_dim",
+        "heads.dino_hidden_dim",
+        "heads.dino_bottleneck_dim",
+        "crops.global_size",
+        "crops.local_size",
         "optim.epochs",
-        "optim.steps_per_epoch",
         "train.checkpoint_every",
         "monitor.every",
+        "monitor.image_size",
         "monitor.label_column",
     }
-    assert demo["optim"]["epochs"] * demo["optim"]["steps_per_epoch"] == 120
+    assert demo["optim"]["epochs"] * demo["optim"]["steps_per_epoch"] == 400
+    # The sizes that leave the plateau on the phantoms (tests/test_learning.py, configs/demo.yaml).
+    assert (demo["crops"]["global_size"], demo["crops"]["local_size"]) == (64, 32)
+    assert demo["heads"]["dino_out_dim"] == demo["heads"]["ibot_out_dim"] == 64
 
 
 def test_phantom_dbt_preset_is_tiny_cpu_with_dbt_pairs_and_its_own_schedule():

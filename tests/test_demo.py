@@ -68,12 +68,12 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
 
 def test_demo_steps_are_fixed_and_curves_get_enough_points():
     steps, overrides = step_overrides(DemoSettings())
-    assert steps == 120  # the preset's 20 epochs of 6 steps, whatever the machine
-    assert "optim.max_steps=120" in overrides and "train.log_every=4" in overrides
-    assert steps // 4 >= 20  # >= 20 points on every loss curve
+    assert steps == 400  # the preset's 40 epochs of 10 steps, whatever the machine
+    assert "optim.max_steps=400" in overrides and "train.log_every=14" in overrides
+    assert steps // 14 >= 20  # >= 20 points on every loss curve
     assert not any(o.startswith("optim.max_minutes") for o in overrides)
     steps, overrides = step_overrides(DemoSettings(steps=1000, precision="fp32"))
-    assert steps == 1000 and "optim.steps_per_epoch=50" in overrides  # schedule rescaled
+    assert steps == 1000 and "optim.steps_per_epoch=25" in overrides  # schedule rescaled
     assert "train.log_every=35" in overrides and "train.precision=fp32" in overrides
 
 

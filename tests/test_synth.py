@@ -100,8 +100,9 @@ def test_density_classes_follow_glandular_fraction_and_brightness():
         assert hist.shape == (16,) and abs(hist.sum() - 1) < 1e-9
         fractions.append(case.traits.gland_fraction)
         brightness.append(float(np.dot(hist, np.arange(16))))
-    # Denser breasts are brighter, though thickness and exposure blur it (measured rho 0.62).
-    assert spearmanr(fractions, brightness).statistic > 0.4
+    # Denser breasts are brighter, though exposure, the periphery and the muscle blur it (measured
+    # rho 0.87; 0.62 before thickness equalisation, when thick breasts looked dense).
+    assert spearmanr(fractions, brightness).statistic > 0.7
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels():

@@ -20,7 +20,7 @@ class DemoSettings:
     cache_size: int = 256
     steps: int | None = None  # pretraining steps of each run; None: the preset's whole schedule
     precision: str | None = None  # train.precision (auto | fp32 | bf16); None: the preset's
-    image_size: int = 128  # whole mammograms are embedded at the side the backbone trained at
+    image_size: int = 64  # whole mammograms are embedded at the side the backbone trained at
     folds: int = 5
     n_boot: int = 300
     # Fixed C: choosing it by inner CV takes 20x longer (12 CV runs would not fit the budget).

@@ -2,7 +2,8 @@
 
 The image is built from path lengths along vertical rays (parallel beam): fat, skin and muscle
 lengths come from the outline at full resolution, the glandular length from a coarse 3-D
-glandular volume summed over z and upsampled, lesions from their analytic path lengths.
+glandular volume summed over z and upsampled, lesions from their analytic path lengths. The
+log signal is divided by the compressed thickness (thickness equalisation) before it is written.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ FIELD_MM = (204.8, 160.0)  # detector field (rows, cols); 1024 x 800 pixels of 0
 COARSE_MM = 0.4  # lateral voxel of the glandular volume
 COARSE_SLICES = 12
 PHOTONS_PER_MM2 = 6.0e5  # unattenuated fluence reaching the detector (sets quantum noise)
-MU_T_WHITE = 5.4  # mu*t shown at 1.0 (about 65 mm of glandular tissue)
+# Mean attenuation along a ray (1/mm) shown at 1.0, a little above glandular tissue's 0.0802.
+MU_MEAN_WHITE = 0.083
 DETECTOR_BLUR_MM = 0.1
 
 
@@ -140,8 +142,12 @@ def simulate_ffdm(
     photons = PHOTONS_PER_MM2 * spacing**2 * rng.uniform(0.8, 1.25)
     sigma = 1.0 / np.sqrt(photons * np.exp(-mu_t))
     log_signal = mu_t + sigma * rng.standard_normal(shape, dtype=np.float32)
+    # Thickness equalisation, as For Presentation processing does (and as the DBT slices show):
+    # the log signal per mm of compressed breast, so a breast's brightness says how glandular it
+    # is rather than how thick it was compressed; the periphery still darkens as the chord thins.
+    mean_mu = log_signal / np.float32(geom.thickness_mm)
     gain = rng.uniform(0.95, 1.05)  # per-image processing differences
-    pixels = to_pixels(log_signal * np.float32(gain), MU_T_WHITE, bits)
+    pixels = to_pixels(mean_mu * np.float32(gain), MU_MEAN_WHITE, bits)
     sim = Simulated(pixels, spacing, boxes, thickness_mm=geom.thickness_mm)
     return mirror(sim) if case.laterality == "R" else sim
 
