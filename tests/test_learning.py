@@ -3,8 +3,8 @@ density (issue 13, acceptance 5). Fails if the plateau comes back.
 
 512 phantom mammograms (128 women, density classes A-D by glandular fraction), ViT-Tiny/16 at
 64 px global / 32 px local crops (16 and 4 tokens), `tiny-cpu`'s small-data regime as shipped
-(batch-statistics head, EMA centering, its tissue-aware crops, mild intensity jitter; only the
-sizes are smaller), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least 0.5 below
+(batch-statistics head, EMA centering, its tissue-aware crops, mild intensity jitter; only sizes
+differ: TINY_TRAIN's widths and one register, a 256-wide head), 400 steps of 16 with fixed seeds. Asserted: loss/dino ends at least 0.5 below
 ln K, teacher entropy at most 0.8, no plateau/collapse warning, and the frozen teacher's kNN
 density accuracy (the online monitor: whole images at 64 px, k 10, neighbours from other women
 only; mean of the probes at steps 300, 350 and 400) at least 0.15 above its step-0 value.
