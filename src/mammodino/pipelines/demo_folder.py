@@ -11,7 +11,7 @@ from pathlib import Path
 
 @dataclass
 class DemoSettings:
-    """Sizes and step counts of one demo (defaults: ~4.5 minutes on 2 idle CPU cores in fp32)."""
+    """Sizes and step counts of one demo (defaults: ~5 minutes on 2 idle CPU cores in fp32)."""
 
     n_ffdm: int = 400  # 100 women: 95% intervals of about +-0.05 on density (96 gave +-0.1)
     n_dbt: int = 8
