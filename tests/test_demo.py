@@ -77,6 +77,12 @@ def test_demo_steps_are_fixed_and_curves_get_enough_points():
     assert "train.log_every=35" in overrides and "train.precision=fp32" in overrides
 
 
+def test_demo_embeds_at_the_side_its_backbones_trained_at():
+    assert DemoSettings().embed_size() == 64  # configs/demo.yaml's crops.global_size
+    assert DemoSettings(overrides=["crops.global_size=48"]).embed_size() == 48
+    assert DemoSettings(image_size=32).embed_size() == 32
+
+
 def test_demo_cli_rejects_a_non_positive_step_count(capsys):
     from mammodino.cli import main
 

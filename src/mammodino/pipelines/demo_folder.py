@@ -20,7 +20,7 @@ class DemoSettings:
     cache_size: int = 256
     steps: int | None = None  # pretraining steps of each run; None: the preset's whole schedule
     precision: str | None = None  # train.precision (auto | fp32 | bf16); None: the preset's
-    image_size: int = 64  # whole mammograms are embedded at the side the backbone trained at
+    image_size: int | None = None  # embedding side; None: the side the backbones trained at
     folds: int = 5
     n_boot: int = 300
     # Fixed C: choosing it by inner CV takes 20x longer (12 CV runs would not fit the budget).
@@ -29,6 +29,15 @@ class DemoSettings:
     config: str = "demo"
     overrides: list[str] = field(default_factory=list)  # extra pretraining overrides (tests)
     progress: bool = True
+
+    def embed_size(self) -> int:
+        """`image_size`, else the pretraining's global crop side (random init has no trained size
+        of its own, so the preset's is read rather than kept here a second time)."""
+        if self.image_size:
+            return self.image_size
+        from mammodino.config import load_config
+
+        return int(load_config(preset=self.config, overrides=self.overrides).crops.global_size)
 
 
 @dataclass

@@ -72,7 +72,7 @@ def embed(demo: Demo, name: str, weights: str) -> None:
     set_inference_threads()
     cache = demo.eval_cache
     rows = read_manifest(cache, required=("id", "image"))
-    backbone = load_backbone(weights, demo.settings.image_size, "cpu")
+    backbone = load_backbone(weights, demo.settings.embed_size(), "cpu")
     path = embed_rows(
         backbone,
         rows,
