@@ -115,3 +115,44 @@ def test_detector_reports_collapse_of_the_cls_embeddings():
     assert fired == ["collapse"]
     # Records without loss terms (monitor-only lines) neither extend nor break a streak.
     assert detector.update({"step": 40, "monitor/knn_acc": 0.5}) == []
+
+
+def test_finish_warns_when_a_short_run_ends_on_the_plateau():
+    # The old demo's shape: 32 records near ln K, noise breaking every streak before patience 20.
+    ln_k = math.log(4096)
+    detector = detector_of(4096, patience=20)
+    noisy = [ln_k - (0.12 if i % 8 == 7 else 0.03) for i in range(32)]
+    assert all(detector.update(r) == [] for r in _records(noisy, [6.0] * 32))
+    fired = detector.finish(320)
+    assert [kind for kind, _ in fired] == ["plateau"]
+    # Mean of the last 8 records (a quarter): seven at ln K - 0.03, one at ln K - 0.12.
+    mean = ln_k - (7 * 0.03 + 0.12) / 8
+    assert f"averaged {mean:.3f} over its last 8 logged steps" in fired[0][1]
+    assert fired[0][1].startswith("step 320: the run ended on the plateau")
+    assert "heads.dino_batch_norm" in fired[0][1]
+
+
+def test_finish_silent_on_a_run_that_left_the_plateau_or_already_warned():
+    ln_k = math.log(64)
+    # Starts at ln K, as every run does, and leaves it: the end is what counts.
+    detector = detector_of(64, patience=20)
+    leaving = [ln_k] * 12 + [ln_k - 0.1 * i for i in range(1, 13)]
+    assert all(detector.update(r) == [] for r in _records(leaving, [6.0] * 24))
+    assert detector.finish(240) == []
+    # The streak warning of an episode that lasts to the end is not repeated.
+    detector = detector_of(64, patience=5)
+    fired = [kind for r in _records([ln_k] * 10, [6.0] * 10) for kind, _ in detector.update(r)]
+    assert fired == ["plateau"] and detector.finish(100) == []
+    # Too few records to judge (fewer than patience / 2): silent, whatever they show.
+    short = detector_of(64, patience=20)
+    assert all(short.update(r) == [] for r in _records([ln_k] * 9, [1.0] * 9))
+    assert short.finish(90) == []
+
+
+def test_finish_reports_a_run_that_ended_collapsed():
+    detector = detector_of(64, patience=20, min_effective_rank=1.5)
+    ranks = [6.0] * 8 + [1.6, 1.2] * 4  # dips that never make a streak; last quarter mean 1.4
+    assert all(detector.update(r) == [] for r in _records([1.0] * 16, ranks))
+    fired = detector.finish(160)
+    assert [kind for kind, _ in fired] == ["collapse"]
+    assert "effective rank averaged 1.40 < 1.5 over its last 4 logged steps" in fired[0][1]

@@ -182,3 +182,18 @@ def test_max_minutes_stops_early_with_a_checkpoint(cache, tmp_path):
     record = train(tiny_cfg(cache, "optim.max_minutes=1e-6"), run, show_progress=False)
     assert record["step"] == 1  # the first step already exceeds the time budget
     assert weights(run)["step"] == 1
+
+
+def test_a_completed_run_is_judged_at_its_end_and_a_stopped_one_is_not(cache, tmp_path):
+    # Tolerance 100% of ln K: every record counts as the plateau. 12 records: enough to judge
+    # (patience 20 / 2), too few for a streak warning.
+    judged = ("health.plateau_tolerance=1.0", "health.patience=20")
+    train(tiny_cfg(cache, *judged), tmp_path / "done", show_progress=False)
+    records = read_metrics(tmp_path / "done")
+    warnings = [r for r in records if "warning" in r]
+    assert [(r["step"], r["warning"]) for r in warnings] == [(12, "plateau")]
+    assert "the run ended on the plateau" in warnings[0]["message"]
+    assert records[-1] is warnings[0]  # after the last step's record
+    # Stopped before its schedule ends (max_steps, max_minutes): its end is still to come.
+    train(tiny_cfg(cache, *judged, "optim.max_steps=11"), tmp_path / "cut", show_progress=False)
+    assert not any("warning" in r for r in read_metrics(tmp_path / "cut"))

@@ -109,8 +109,10 @@ class HealthDetector:
 
     Plateau: `loss/dino` within `tolerance` (relative) of ln K for `patience` logged records in a
     row. Collapse: `cls/effective_rank` below `min_effective_rank` for `patience` records. Each
-    warns once per episode: leaving the state re-arms it. Its state is the current streak only, so
-    a resumed run starts counting afresh.
+    warns once per episode: leaving the state re-arms it. A run too short for `patience` records
+    can still sit on the plateau all along: `finish` judges the end of a completed schedule by
+    the mean of its last quarter of records. Its state is the records since the start or the
+    resume, so a resumed run starts counting afresh.
     """
 
     n_prototypes: int
@@ -128,45 +130,90 @@ class HealthDetector:
     def __post_init__(self) -> None:
         self.streaks = {"plateau": 0, "collapse": 0}
         self.warned = {"plateau": False, "collapse": False}
+        self.history: dict[str, list[float]] = {"plateau": [], "collapse": []}
 
     def update(self, record: dict) -> list[tuple[str, str]]:
         """(kind, message) of each warning this record triggers; usually none."""
-        ln_k = math.log(self.n_prototypes)
-        states = {
-            "plateau": "loss/dino" in record
-            and abs(record["loss/dino"] - ln_k) <= self.tolerance * ln_k,
-            "collapse": "cls/effective_rank" in record
-            and record["cls/effective_rank"] < self.min_effective_rank,
-        }
+        if "loss/dino" not in record and "cls/effective_rank" not in record:
+            return []  # a monitor-only or skipped-step record says nothing either way
+        self.history["plateau"].append(record.get("loss/dino", math.nan))
+        self.history["collapse"].append(record.get("cls/effective_rank", math.nan))
         fired = []
-        for kind, active in states.items():
-            if "loss/dino" not in record and "cls/effective_rank" not in record:
-                continue  # a monitor-only or skipped-step record says nothing either way
+        for kind in self.streaks:
+            active = self._in_state(kind, self.history[kind][-1])
             self.streaks[kind] = self.streaks[kind] + 1 if active else 0
             if not active:
                 self.warned[kind] = False
             elif self.streaks[kind] >= self.patience and not self.warned[kind]:
                 self.warned[kind] = True
-                fired.append((kind, self._message(kind, record, ln_k)))
+                fired.append((kind, self._message(kind, record)))
         return fired
 
-    def _message(self, kind: str, record: dict, ln_k: float) -> str:
+    def finish(self, step: int) -> list[tuple[str, str]]:
+        """(kind, message) for a completed schedule that ended on the plateau or collapsed.
+
+        Judged on the mean of the last quarter of the logged records (at least 3), once the run
+        logged `patience` / 2 of them: a short run can sit at ln K throughout while noise breaks
+        every streak before `patience`. Silent when the streak warning of the same episode fired.
+        """
+        fired = []
+        for kind, values in self.history.items():
+            values = [v for v in values if not math.isnan(v)]
+            if self.warned[kind] or len(values) < max(3, self.patience / 2):
+                continue
+            tail = values[-max(3, len(values) // 4) :]
+            mean = sum(tail) / len(tail)
+            if self._in_state(kind, mean):
+                self.warned[kind] = True
+                fired.append((kind, self._message(kind, {"step": step}, (len(tail), mean))))
+        return fired
+
+    def _in_state(self, kind: str, value: float) -> bool:
+        """Whether one `loss/dino` (plateau) or effective rank (collapse) value is in the state."""
+        if math.isnan(value):
+            return False
+        if kind == "plateau":
+            ln_k = math.log(self.n_prototypes)
+            return abs(value - ln_k) <= self.tolerance * ln_k
+        return value < self.min_effective_rank
+
+    def _message(self, kind: str, record: dict, end: tuple[int, float] | None = None) -> str:
+        """The warning line; `end` = (records, mean) when `finish` judged the run's last records."""
         step = record.get("step", "?")
         if kind == "plateau":
+            ln_k = math.log(self.n_prototypes)
+            if end is None:
+                state = (
+                    f"step {step}: loss/dino has stayed within {self.tolerance:.0%} of ln K = "
+                    f"{ln_k:.3f} for {self.patience} logged steps (teacher entropy "
+                    f"{record.get('dino/teacher_entropy', float('nan')):.2f})"
+                )
+            else:
+                state = (
+                    f"step {step}: the run ended on the plateau: loss/dino averaged {end[1]:.3f} "
+                    f"over its last {end[0]} logged steps, within {self.tolerance:.0%} of ln K = "
+                    f"{ln_k:.3f}"
+                )
             return (
-                f"step {step}: loss/dino has stayed within {self.tolerance:.0%} of ln K = {ln_k:.3f} "
-                f"for {self.patience} logged steps (teacher entropy "
-                f"{record.get('dino/teacher_entropy', float('nan')):.2f}): the teacher's targets "
-                "are uniform and the DINO loss teaches nothing. What left it on small data: "
-                "heads.dino_batch_norm=true, dino.centering=centering (batches under a few "
-                "hundred), views that share more (crops.n_local=2 'crops.global_scale=[0.5,1.0]')"
-                " and milder intensity jitter, as the tiny-cpu preset sets them; see "
-                "docs/pretrain.md, 'Learning health'"
+                f"{state}: the teacher's targets are uniform and the DINO loss teaches nothing. "
+                "What left it on small data: heads.dino_batch_norm=true, dino.centering=centering "
+                "(batches under a few hundred), views that share more (crops.n_local=2 "
+                "'crops.global_scale=[0.5,1.0]') and milder intensity jitter, as the tiny-cpu "
+                "preset sets them; see docs/pretrain.md, 'Learning health'"
+            )
+        if end is None:
+            state = (
+                f"step {step}: the teacher's CLS embeddings have collapsed (effective rank "
+                f"{record.get('cls/effective_rank', float('nan')):.2f} < "
+                f"{self.min_effective_rank} for {self.patience} logged steps)"
+            )
+        else:
+            state = (
+                f"step {step}: the run ended collapsed: the teacher's CLS effective rank averaged "
+                f"{end[1]:.2f} < {self.min_effective_rank} over its last {end[0]} logged steps"
             )
         return (
-            f"step {step}: the teacher's CLS embeddings have collapsed (effective rank "
-            f"{record.get('cls/effective_rank', float('nan')):.2f} < {self.min_effective_rank} for "
-            f"{self.patience} logged steps): every image maps to nearly the same feature. Try a "
-            "lower lr (optim.base_lr), a larger dino.koleo_loss_weight (0.1 -> 0.3) or "
+            f"{state}: every image maps to nearly the same feature. Try a lower lr "
+            "(optim.base_lr), a larger dino.koleo_loss_weight (0.1 -> 0.3) or "
             "dino.centering=sinkhorn_knopp; see docs/pretrain.md, 'Learning health'"
         )

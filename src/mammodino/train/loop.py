@@ -142,6 +142,8 @@ class Trainer:
                     self.save()
                 if timed_out:
                     break
+            if self.step == self.schedules.total_steps:  # stopped early: the end is still to come
+                self._warn(self.health.finish(self.step), bar)
         self.save()
         return record
 
@@ -324,12 +326,15 @@ class Trainer:
             **extra,
         )
         self.metrics.write(record)
-        for kind, message in self.health.update(record):
-            # One line now, and a record the report shows in red (docs/pretrain.md).
+        self._warn(self.health.update(record), bar)
+        return record
+
+    def _warn(self, fired: list[tuple[str, str]], bar: ProgressDisplay | None) -> None:
+        """One line now for each health warning, and a record the report shows in red."""
+        for kind, message in fired:
             self.metrics.write({"step": self.step, "warning": kind, "message": message})
             if bar is not None:
                 bar.warn(message)
-        return record
 
 
 def _distributed() -> bool:
