@@ -3,7 +3,8 @@
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
 #   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
-# MINUTES each. With 2 or more cores they run side by side, each pinned to its own core with one
+# MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
+# fp32 needs ~50). With 2 or more cores they run side by side, each pinned to its own core with one
 # thread: as fast per run as one run on both cores (small ViTs do not scale past one thread) and
 # twice the throughput. Unpinned, two PyTorch thread pools spin against each other (~3x slower).
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes
@@ -50,6 +51,11 @@ for seed in $SEEDS; do
     pretrain mammodino "$seed" 0
     pretrain dinov2-recipe "$seed" 0
   fi
+done
+# A run that MINUTES cut short is not the schedule's result (an AVX2-only CPU trains fp32 at about
+# half the bf16 speed of an AVX-512-BF16 one): say so before its figures.
+for log in "$WORK"/runs/*.log; do
+  grep -H "stopped at step" "$log" || true
 done
 
 declare -A weights=([random-init]="random:vit_tiny/16")

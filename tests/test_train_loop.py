@@ -163,7 +163,7 @@ def test_gradient_accumulation_and_monitor(cache, tmp_path):
     assert weights(run)["data"]["position"] == 8  # 2 steps x 2 micro-batches x 2 images
 
 
-def test_pretrain_command_writes_a_run_and_resumes(cache, tmp_path):
+def test_pretrain_command_writes_a_run_and_resumes(cache, tmp_path, capsys):
     from mammodino.cli import main
 
     preset = tmp_path / "tiny.yaml"
@@ -172,8 +172,14 @@ def test_pretrain_command_writes_a_run_and_resumes(cache, tmp_path):
     base = ["pretrain", "--output-dir", str(run), "--no-progress"]
     overrides = [f"data.source={cache}", *TINY_LOOP]
     assert main([*base, "--config", str(preset), *overrides, "optim.max_steps=1"]) == 0
+    stopped = "pretrain: stopped at step 1 of 12 (optim.max_steps / optim.max_minutes)"
+    assert stopped in capsys.readouterr().out  # the schedule (4 epochs x 3) is not done
     assert main([*base, "--resume", "optim.max_steps=2"]) == 0  # config read from RUN
     assert [r["step"] for r in read_metrics(run)] == [1, 2]
+    assert "stopped at step 2 of 12" in capsys.readouterr().out
+    assert main([*base, "--resume", "optim.max_steps=12"]) == 0  # to the end: nothing said
+    assert "stopped at step" not in capsys.readouterr().out
+    assert read_metrics(run)[-1]["step"] == 12
     assert main([*base, "--config", str(preset), *overrides]) == 1  # refuses to overwrite
 
 
@@ -181,6 +187,7 @@ def test_max_minutes_stops_early_with_a_checkpoint(cache, tmp_path):
     run = tmp_path / "run"
     record = train(tiny_cfg(cache, "optim.max_minutes=1e-6"), run, show_progress=False)
     assert record["step"] == 1  # the first step already exceeds the time budget
+    assert record["schedule_steps"] == 12
     assert weights(run)["step"] == 1
 
 

@@ -55,14 +55,13 @@ def run(args: argparse.Namespace) -> int:
         preset = saved
     cfg = load_config(preset=preset, overrides=args.overrides)
 
-    import torch
-
     from mammodino.train.distributed_trainer import train  # torchrun: DDP/FSDP2; else 1 process
     from mammodino.train.hardware import (
         malloc_tunables,
         resolve_device,
         resolve_hardware_defaults,
     )
+    from mammodino.train.loop import summary_lines
 
     device = resolve_device(str(cfg.train.device))
     tunables = malloc_tunables(
@@ -75,7 +74,6 @@ def run(args: argparse.Namespace) -> int:
         if main_rank:
             print(line, flush=True)
     record = train(cfg, args.output_dir, resume=args.resume, show_progress=not args.no_progress)
-    shown = {k: record[k] for k in ("step", "loss", "monitor/knn_acc") if k in record}
     if main_rank:
-        print(f"pretrain: {args.output_dir} {shown} (torch {torch.__version__}, {device})")
+        print("\n".join(summary_lines(args.output_dir, record, device)), flush=True)
     return 0

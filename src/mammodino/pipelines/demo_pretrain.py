@@ -33,11 +33,11 @@ def last_step(run: Path) -> int:
 
 def _pretrain(preset: str, overrides: list[str], run: str, resume: bool, progress: bool) -> None:
     """The child process: the pretraining of `mammodino pretrain`, with its console lines."""
-    import torch
 
     from mammodino.config import load_config
     from mammodino.train.distributed_trainer import train
     from mammodino.train.hardware import resolve_device, resolve_hardware_defaults
+    from mammodino.train.loop import summary_lines
 
     try:
         cfg = load_config(preset=preset, overrides=overrides)
@@ -48,8 +48,7 @@ def _pretrain(preset: str, overrides: list[str], run: str, resume: bool, progres
     except MammodinoError as err:
         print(f"mammodino pretrain: error: {err}", file=sys.stderr)
         sys.exit(1)
-    shown = {k: record[k] for k in ("step", "loss", "monitor/knn_acc") if k in record}
-    print(f"pretrain: {run} {shown} (torch {torch.__version__}, {device})", flush=True)
+    print("\n".join(summary_lines(run, record, device)), flush=True)
 
 
 @contextmanager

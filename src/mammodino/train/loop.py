@@ -116,7 +116,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train until the schedule ends, `optim.max_steps` or `optim.max_minutes`; returns the last
-        logged record."""
+        logged record and `schedule_steps`, the schedule's length (more: the run stopped early)."""
         max_seconds = 60.0 * (self.settings.optim.max_minutes or math.inf)
         log_every, ckpt_every = self.settings.train.log_every, self.settings.train.checkpoint_every
         batches, started, window, record = self._batches(), time.monotonic(), [], {}
@@ -145,7 +145,7 @@ class Trainer:
             if self.step == self.schedules.total_steps:  # stopped early: the end is still to come
                 self._warn(self.health.finish(self.step), bar)
         self.save()
-        return record
+        return {"step": self.step, **record, "schedule_steps": self.schedules.total_steps}
 
     def train_step(
         self, micro_batches: list[dict[str, Any]], values: dict[str, float]
@@ -339,6 +339,19 @@ class Trainer:
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def summary_lines(run: str | Path, record: dict[str, Any], device: str) -> list[str]:
+    """What `pretrain` prints when `run` returns `record`: its last figures, and whether the run
+    stopped before its schedule's end (its weights are then not those of the schedule)."""
+    shown = {k: record[k] for k in ("step", "loss", "monitor/knn_acc") if k in record}
+    lines = [f"pretrain: {run} {shown} (torch {torch.__version__}, {device})"]
+    if record["step"] < record["schedule_steps"]:
+        lines.append(
+            f"pretrain: stopped at step {record['step']} of {record['schedule_steps']} "
+            "(optim.max_steps / optim.max_minutes): --resume continues the schedule"
+        )
+    return lines
 
 
 def train(
