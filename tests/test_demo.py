@@ -196,3 +196,12 @@ def test_tiny_demo_runs_every_stage_and_resumes(tmp_path):
     assert "sampler: random" in baseline and "slice_loss_weight: 0" in baseline
     again = run_demo(tmp_path / "demo", settings, log=lambda _: None)
     assert set(again.timings.values()) == {0.0}  # every stage skipped on a rerun
+
+
+def test_demo_help_names_the_presets_step_count(capsys):
+    from mammodino.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert f"default: the demo preset's {step_overrides(DemoSettings())[0]};" in help_text

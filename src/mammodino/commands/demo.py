@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps",
         type=_positive_int,
-        help="pretraining steps of each run (default: the demo preset's 120; the schedule is "
+        help="pretraining steps of each run (default: the demo preset's 400; the schedule is "
         "rescaled to it)",
     )
     parser.add_argument(
