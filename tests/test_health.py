@@ -129,7 +129,7 @@ def test_finish_warns_when_a_short_run_ends_on_the_plateau():
     mean = ln_k - (7 * 0.03 + 0.12) / 8
     assert f"averaged {mean:.3f} over its last 8 logged steps" in fired[0][1]
     assert fired[0][1].startswith("step 320: the run ended on the plateau")
-    assert "heads.dino_batch_norm" in fired[0][1]
+    assert "heads.dino_batch_norm" in fired[0][1] and "more steps (optim.epochs)" in fired[0][1]
 
 
 def test_finish_silent_on_a_run_that_left_the_plateau_or_already_warned():

@@ -192,7 +192,8 @@ class HealthDetector:
                 state = (
                     f"step {step}: the run ended on the plateau: loss/dino averaged {end[1]:.3f} "
                     f"over its last {end[0]} logged steps, within {self.tolerance:.0%} of ln K = "
-                    f"{ln_k:.3f}"
+                    f"{ln_k:.3f}; a short run may also need more steps (optim.epochs) or smaller "
+                    "crops (crops.global_size, crops.local_size)"
                 )
             return (
                 f"{state}: the teacher's targets are uniform and the DINO loss teaches nothing. "
