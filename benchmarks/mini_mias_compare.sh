@@ -4,7 +4,7 @@
 #   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
 # MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
-# fp32 needs ~50). With 2 or more cores they run side by side, each pinned to its own core with one
+# fp32 needs 60-70). With 2 or more cores they run side by side, each pinned to its own core with one
 # thread: as fast per run as one run on both cores (small ViTs do not scale past one thread) and
 # twice the throughput. Unpinned, two PyTorch thread pools spin against each other (~3x slower).
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes

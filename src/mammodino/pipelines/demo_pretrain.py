@@ -33,7 +33,6 @@ def last_step(run: Path) -> int:
 
 def _pretrain(preset: str, overrides: list[str], run: str, resume: bool, progress: bool) -> None:
     """The child process: the pretraining of `mammodino pretrain`, with its console lines."""
-
     from mammodino.config import load_config
     from mammodino.train.distributed_trainer import train
     from mammodino.train.hardware import resolve_device, resolve_hardware_defaults

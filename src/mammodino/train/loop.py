@@ -142,7 +142,8 @@ class Trainer:
                     self.save()
                 if timed_out:
                     break
-            if self.step == self.schedules.total_steps:  # stopped early: the end is still to come
+            # Only a completed schedule is judged: a stopped run's end is still to come.
+            if self.step == self.schedules.total_steps:
                 self._warn(self.health.finish(self.step), bar)
         self.save()
         return {"step": self.step, **record, "schedule_steps": self.schedules.total_steps}
