@@ -136,11 +136,11 @@ class HealthDetector:
         """(kind, message) of each warning this record triggers; usually none."""
         if "loss/dino" not in record and "cls/effective_rank" not in record:
             return []  # a monitor-only or skipped-step record says nothing either way
-        self.history["plateau"].append(record.get("loss/dino", math.nan))
-        self.history["collapse"].append(record.get("cls/effective_rank", math.nan))
         fired = []
-        for kind in self.streaks:
-            active = self._in_state(kind, self.history[kind][-1])
+        for kind, key in (("plateau", "loss/dino"), ("collapse", "cls/effective_rank")):
+            if key in record:
+                self.history[kind].append(record[key])
+            active = key in record and self._in_state(kind, record[key])
             self.streaks[kind] = self.streaks[kind] + 1 if active else 0
             if not active:
                 self.warned[kind] = False
@@ -158,7 +158,6 @@ class HealthDetector:
         """
         fired = []
         for kind, values in self.history.items():
-            values = [v for v in values if not math.isnan(v)]
             if self.warned[kind] or len(values) < max(3, self.patience / 2):
                 continue
             tail = values[-max(3, len(values) // 4) :]
@@ -170,8 +169,6 @@ class HealthDetector:
 
     def _in_state(self, kind: str, value: float) -> bool:
         """Whether one `loss/dino` (plateau) or effective rank (collapse) value is in the state."""
-        if math.isnan(value):
-            return False
         if kind == "plateau":
             ln_k = math.log(self.n_prototypes)
             return abs(value - ln_k) <= self.tolerance * ln_k
