@@ -9,12 +9,15 @@ import pytest
 from rich.console import Console
 
 from helpers import write_csv
+from mammodino.config import load_config
 from mammodino.pipelines.demo import BACKBONES, run_demo, step_overrides
 from mammodino.pipelines.demo_folder import DemoSettings
 from mammodino.pipelines.demo_pretrain import PaceWatch
 from mammodino.pipelines.demo_stages import TASKS, write_eval_cache, write_labels
 from mammodino.report.demo_summary import runs_table, summary_table
 from mammodino.report.runs import run_facts
+from mammodino.settings import Settings
+from mammodino.train.schedules import build_schedules
 
 
 def test_eval_cache_keeps_ffdm_rows_and_links_the_images(tmp_path):
@@ -75,6 +78,21 @@ def test_demo_steps_are_fixed_and_curves_get_enough_points():
     steps, overrides = step_overrides(DemoSettings(steps=1000, precision="fp32"))
     assert steps == 1000 and "optim.steps_per_epoch=25" in overrides  # schedule rescaled
     assert "train.log_every=35" in overrides and "train.precision=fp32" in overrides
+
+
+def test_demo_steps_off_whole_epochs_make_a_schedule_of_exactly_that_length():
+    # 50 steps are no whole number of the preset's 40 epochs: one-step epochs, warm-ups scaled,
+    # so the run ends at its schedule's end (judged by the end-of-run check), not stopped in it.
+    steps, overrides = step_overrides(DemoSettings(steps=50))
+    assert steps == 50
+    assert "optim.epochs=50" in overrides and "optim.steps_per_epoch=1" in overrides
+    s = Settings.from_config(load_config(preset="demo", overrides=overrides))
+    sched = build_schedules(s.optim, s.teacher, global_batch=16)
+    assert sched.total_steps == 50 == s.optim.max_steps
+    # tiny-cpu's last layer is frozen 3 of 40 epochs: 3.75 of 50 steps, rounded to 4.
+    assert (sched.last_layer_lr == 0).sum() == 4
+    # lr warm-up 2 of 40 epochs: 2.5 steps, rounded half to even: the peak at step 2.
+    assert sched.lr[2] == sched.lr.max() and sched.lr[1] < sched.lr[2]
 
 
 def test_demo_embeds_at_the_side_its_backbones_trained_at():

@@ -8,7 +8,6 @@ of comparing two barely trained networks. The command then builds the report (re
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,11 @@ from mammodino.pipelines.demo_stages import TASKS, finished, write_eval_cache, w
 BACKBONES = ("mammodino", "dinov2-recipe", "random-init", "handcrafted")
 BASELINE_OVERRIDES = ("crops.sampler=random", "masking.mode=random", "dbt.slice_loss_weight=0")
 CURVE_POINTS = 28  # logged records per run: enough points for the report's loss curves
+# Warm-ups given in epochs: rescaled with the schedule so each keeps its share of the run.
+EPOCH_KEYS = (
+    ("optim", "warmup_epochs"), ("optim", "freeze_last_layer_epochs"),
+    ("teacher", "warmup_temp_epochs"),
+)  # fmt: skip
 
 
 def _pretrain(demo: Demo, name: str, extra: list[str], steps: int, runs_left: int = 0) -> None:
@@ -34,15 +38,24 @@ def _pretrain(demo: Demo, name: str, extra: list[str], steps: int, runs_left: in
 
 def step_overrides(settings: DemoSettings) -> tuple[int, list[str]]:
     """The number of steps of each run and the overrides that make it so: `steps` rescales the
-    preset's epochs (warm-ups keep their share of the run), and the log interval gives the
-    curves about CURVE_POINTS points whatever the length."""
+    preset's schedule to exactly that many steps (warm-ups keep their share of the run), and the
+    log interval gives the curves about CURVE_POINTS points whatever the length."""
     from mammodino.config import load_config
 
-    optim = load_config(preset=settings.config).optim
-    epochs = int(optim.epochs)
-    steps = int(settings.steps or epochs * int(optim.steps_per_epoch))
+    cfg = load_config(preset=settings.config, overrides=settings.overrides)
+    epochs = int(cfg.optim.epochs)
+    steps = int(settings.steps or epochs * int(cfg.optim.steps_per_epoch))
+    if steps % epochs == 0:
+        schedule = [f"optim.steps_per_epoch={steps // epochs}"]
+    else:
+        # Whole epochs cannot make `steps`; one-step epochs can. A schedule longer than the run
+        # would stop it mid-schedule, unjudged by the end-of-run health check.
+        scale = steps / epochs
+        schedule = [f"optim.epochs={steps}", "optim.steps_per_epoch=1"] + [
+            f"{section}.{key}={float(cfg[section][key]) * scale!r}" for section, key in EPOCH_KEYS
+        ]
     overrides = [
-        f"optim.steps_per_epoch={math.ceil(steps / epochs)}",
+        *schedule,
         f"optim.max_steps={steps}",
         f"train.log_every={max(1, steps // CURVE_POINTS)}",
     ]
