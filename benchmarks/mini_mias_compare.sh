@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-data comparison on mini-MIAS (issue 13, acceptance 1): tiny-cpu MammoDINO vs the plain
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
-#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS]
+#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
 # MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
 # fp32 needs 60-70). With 2 or more cores they run side by side, each pinned to its own core with one
@@ -12,18 +12,40 @@
 # are evaluated with the same probes. SEEDS (default "0") repeats both pretrainings with each
 # train.seed (runs of seed N > 0 are named RECIPE-seedN); with several seeds two more tables give
 # each recipe's mean and standard deviation over seeds and MammoDINO minus the DINOv2 recipe paired
-# by seed, with a 95% t interval. Needs ../shared/data/mini-mias.
+# by seed, with a 95% t interval. CACHE: crops (default: `prepare` crops each image to its breast;
+# mini-MIAS cache images are then 76% breast) or whole (`prepare --no-crop`: whole images, 36%
+# breast, the background the tissue sampler is for); one WORK holds one kind, and a WORK whose
+# cache is of the other kind is refused. Needs ../shared/data/mini-mias.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}
 MINUTES=${2:-30}
 SEEDS=${3:-0}
+CACHE=${4:-crops}
 MIAS=../shared/data/mini-mias
 BIN=.venv/bin/mammodino
 [ -d "$MIAS" ] || { echo "mini-MIAS not found at $MIAS (see ../shared/data/README.md)"; exit 2; }
 mkdir -p "$WORK/runs" "$WORK/feats" "$WORK/eval"
 
-[ -f "$WORK/cache/manifest.csv" ] || $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress
+case $CACHE in
+  crops) crop=() ;;
+  whole) crop=(--no-crop) ;;
+  *) echo "CACHE must be crops or whole, got '$CACHE'"; exit 2 ;;
+esac
+[ -f "$WORK/cache/manifest.csv" ] || \
+  $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress "${crop[@]}"
+# The cache's kind from its manifest (whole: every crop box is the whole image), whatever made it.
+.venv/bin/python - "$WORK/cache/manifest.csv" "$CACHE" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+whole = all(r["crop_x0"] == r["crop_y0"] == "0" and (r["crop_x1"], r["crop_y1"]) ==
+            (r["width"], r["height"]) for r in rows)
+kind = "whole" if whole else "crops"
+breast = statistics.median(float(r["mask_fraction"]) for r in rows)
+print(f"cache: {len(rows)} images, {kind}, breast {breast:.0%} of the pixels (median)")
+if kind != sys.argv[2]:
+    sys.exit(f"{sys.argv[1]} holds {kind}, not {sys.argv[2]}: use another WORK_DIR")
+PY
 [ -f "$WORK/labels.csv" ] || $BIN labels mini-mias "$MIAS" "$WORK/labels.csv"
 
 common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.source=$WORK/cache"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import cv2
@@ -17,6 +18,7 @@ from helpers import (
 )
 from mammodino.cli import main
 from mammodino.preprocess.geometry import original_to_cache
+from mammodino.preprocess.prepare import SETTINGS_FILE
 
 REQUIRED_COLUMNS = [
     "id",
@@ -158,6 +160,36 @@ def test_other_settings_in_same_out_are_refused(tmp_path, capsys):
     _prepare(src, out)
     assert _prepare(src, out, "--cache-size", "64") == 1
     assert "cache_size" in capsys.readouterr().err
+    assert _prepare(src, out, "--no-crop") == 1
+    assert "(crop)" in capsys.readouterr().err
+
+
+def test_a_cache_from_before_the_crop_switch_resumes(tmp_path, capsys):
+    src, out = tmp_path / "src", tmp_path / "out"
+    _good_sources(src)
+    _prepare(src, out)
+    record = json.loads((out / SETTINGS_FILE).read_text())
+    del record["crop"]  # written by a version without the switch
+    (out / SETTINGS_FILE).write_text(json.dumps(record))
+    capsys.readouterr()
+    assert _prepare(src, out) == 0
+    assert "3 already prepared" in capsys.readouterr().err
+
+
+def test_no_crop_caches_whole_images(tmp_path):
+    src = tmp_path / "src"
+    _good_sources(src)
+    assert _prepare(src, tmp_path / "whole", "--no-crop") == 0
+    _prepare(src, tmp_path / "crops")
+    whole = _read_csv(tmp_path / "whole" / "manifest.csv")
+    crops = {r["source"]: r for r in _read_csv(tmp_path / "crops" / "manifest.csv")}
+    for row in whole:
+        box = [int(row[k]) for k in ("crop_x0", "crop_y0", "crop_x1", "crop_y1")]
+        assert box == [0, 0, int(row["width"]), int(row["height"])]
+        cropped = crops[row["source"]]
+        # The manifest's breast share is of the cached image: lower with the background kept.
+        assert float(row["mask_fraction"]) < 0.8 * float(cropped["mask_fraction"])
+        assert int(cropped["crop_x1"]) - int(cropped["crop_x0"]) < int(row["width"])
 
 
 def test_csv_source_list_and_patients_csv(tmp_path):

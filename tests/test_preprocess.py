@@ -81,6 +81,23 @@ def test_plan_flips_right_facing_breast_and_crops_with_margin():
     assert columns.mean() < (mask.shape[1] - 1) / 2  # chest wall on the left after the flip
 
 
+def test_no_crop_keeps_the_whole_image_and_still_masks_the_breast():
+    unit = _unit(synthetic_breast(chest_wall_left=False))
+    cropped = plan_cache("x.png", unit, CacheOptions(cache_size=128))
+    plan = plan_cache("x.png", unit, CacheOptions(cache_size=128, crop=False))
+    g = plan.geometry
+    assert (g.crop_x0, g.crop_y0, g.crop_x1, g.crop_y1) == (0, 0, 192, 256)
+    assert g.flipped == 1 and (g.cache_height, g.cache_width) == (128, 96)
+    assert plan.mask_fraction == cropped.mask_fraction  # the same mask, on more background
+    mask = render_mask(plan.mask, g) > 0
+    # The breast covers (flipped) columns 0..~117 of 192: ~61% of the cached width.
+    assert 0.55 < mask.any(axis=0).mean() < 0.65 and mask[:, 0].any() and not mask[:, -1].any()
+    # The whole image: the cached mask covers what the breast covers of the original (40%), not
+    # the 74% of the breast's box.
+    assert abs(mask.mean() - plan.mask_fraction) < 0.01
+    assert (render_mask(cropped.mask, cropped.geometry) > 0).mean() > 0.7
+
+
 def test_render_matches_geometry_point_mapping():
     image = synthetic_breast(chest_wall_left=False, label=False)
     image[100:104, 150:154] = 4095  # a bright dot on the breast at x ~151.5, y ~101.5

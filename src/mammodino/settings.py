@@ -88,6 +88,7 @@ class PrepareSettings(Section):
     """`prepare`: the prepared cache (docs/prepare.md)."""
 
     cache_size: int
+    crop: bool
     margin: float
     mask_size: int
     pectoral: bool

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
     parser.add_argument("--cache-size", type=int, help="long side of cached crops, pixels")
     parser.add_argument("--margin", type=float, help="crop margin, share of the breast box")
+    parser.add_argument(
+        "--no-crop", action="store_true", help="keep whole images (background too), not crops"
+    )
     parser.add_argument("--pectoral", action="store_true", help="also write pectoral masks (MLO)")
     parser.add_argument("--voi", choices=("none", "window", "voi_lut"), help="DICOM VOI mode")
     parser.add_argument("--salt", help="salt of pseudonymous ids (else data.salt, $MAMMODINO_SALT)")
@@ -58,6 +61,8 @@ def _settings(args: argparse.Namespace):
         section.voi = args.voi
     if args.pectoral:
         section.pectoral = True
+    if args.no_crop:
+        section.crop = False
     return cfg, CacheOptions.from_config(cfg)
 
 

@@ -49,6 +49,7 @@ class CacheOptions:
     """
 
     cache_size: int = 1024  # long side of the cached crop, pixels (never enlarged)
+    crop: bool = True  # crop to the breast's box; False keeps the whole image
     margin: float = 0.02  # crop margin, share of the breast bounding box
     mask_size: int = 512  # long side of the copy the mask is computed on
     min_side: int = 32  # smaller images cannot hold a breast
@@ -61,6 +62,7 @@ class CacheOptions:
         section = Settings.from_config(cfg).prepare
         return cls(
             cache_size=section.cache_size,
+            crop=section.crop,
             margin=section.margin,
             mask_size=section.mask_size,
             pectoral=section.pectoral,
@@ -98,7 +100,10 @@ def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> 
     x0, x1, y0, y1 = max(0, x0), min(width, x1), max(0, y0), min(height, y1)
     if flipped:
         x0, x1 = width - x1, width - x0
-    box = crop_box((x0, y0, x1, y1), height, width, settings.margin)
+    if settings.crop:
+        box = crop_box((x0, y0, x1, y1), height, width, settings.margin)
+    else:  # the whole image: the mask still marks the breast, for the tissue sampler
+        box = (0, 0, width, height)
     geometry = plan_geometry(height, width, flipped, box, settings.cache_size)
     return CachePlan(geometry, result, fraction)
 

@@ -136,7 +136,8 @@ def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None
     record = {**asdict(settings), "salt_check": pseudonymous_id("salt-check", salt)}
     path = out / SETTINGS_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
+        # A key an older version did not write (`crop`) had its default then.
+        previous = {**asdict(CacheOptions()), **json.loads(path.read_text())}
         if previous != record:
             changed = sorted(k for k in record if previous.get(k) != record[k])
             raise ConfigError(
