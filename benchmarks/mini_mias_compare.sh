@@ -35,11 +35,13 @@ esac
 [ -f "$WORK/cache/manifest.csv" ] || \
   $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress "${crop[@]}"
 # The cache's kind from its manifest (whole: every crop box is the whole image), whatever made it.
-.venv/bin/python - "$WORK/cache/manifest.csv" "$CACHE" <<'PY'
-import csv, statistics, sys
-rows = list(csv.DictReader(open(sys.argv[1])))
-whole = all(r["crop_x0"] == r["crop_y0"] == "0" and (r["crop_x1"], r["crop_y1"]) ==
-            (r["width"], r["height"]) for r in rows)
+.venv/bin/python - "$WORK/cache" "$CACHE" <<'PY'
+import statistics, sys
+from mammodino.preprocess.cache import read_manifest
+from mammodino.preprocess.geometry import CacheGeometry
+rows = read_manifest(sys.argv[1])
+boxes = [CacheGeometry.from_row(r) for r in rows]
+whole = all((g.crop_x0, g.crop_y0, g.crop_x1, g.crop_y1) == (0, 0, g.width, g.height) for g in boxes)
 kind = "whole" if whole else "crops"
 breast = statistics.median(float(r["mask_fraction"]) for r in rows)
 print(f"cache: {len(rows)} images, {kind}, breast {breast:.0%} of the pixels (median)")
