@@ -164,6 +164,20 @@ def test_other_settings_in_same_out_are_refused(tmp_path, capsys):
     assert "(crop)" in capsys.readouterr().err
 
 
+def test_a_whole_image_cache_resumes_whatever_the_margin(tmp_path, capsys):
+    # Without cropping the margin changes no output byte: it must not refuse a resume.
+    src, out = tmp_path / "src", tmp_path / "out"
+    _good_sources(src)
+    assert _prepare(src, out, "--no-crop", "--margin", "0.1") == 0
+    capsys.readouterr()
+    assert _prepare(src, out, "--no-crop", "--margin", "0.3") == 0
+    assert "3 already prepared" in capsys.readouterr().err
+    cropped = tmp_path / "cropped"
+    assert _prepare(src, cropped, "--margin", "0.1") == 0
+    assert _prepare(src, cropped, "--margin", "0.3") == 1
+    assert "(margin)" in capsys.readouterr().err
+
+
 def test_a_cache_from_before_the_crop_switch_resumes(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     _good_sources(src)

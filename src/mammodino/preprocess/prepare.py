@@ -138,13 +138,21 @@ def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None
     if path.exists():
         # A key an older version did not write (`crop`) had its default then.
         previous = {**asdict(CacheOptions()), **json.loads(path.read_text())}
-        if previous != record:
-            changed = sorted(k for k in record if previous.get(k) != record[k])
+        previous, current = _output_settings(previous), _output_settings(record)
+        if previous != current:
+            changed = sorted(k for k in current if previous.get(k) != current[k])
             raise ConfigError(
                 f"{out} was prepared with other settings ({', '.join(changed)}); use a new OUT"
             )
         return
     path.write_text(json.dumps(record, indent=1))
+
+
+def _output_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings record less what cannot change the output: no crop, no crop margin."""
+    if record.get("crop", True):
+        return record
+    return {k: v for k, v in record.items() if k != "margin"}
 
 
 def _remove_stale_temporaries(out: Path) -> None:
