@@ -150,7 +150,7 @@ def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None
 
 def _output_settings(record: dict[str, Any]) -> dict[str, Any]:
     """The settings record less what cannot change the output: no crop, no crop margin."""
-    if record.get("crop", True):
+    if record["crop"]:  # both records hold it: the old one is filled with the defaults
         return record
     return {k: v for k, v in record.items() if k != "margin"}
 
