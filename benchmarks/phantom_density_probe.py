@@ -19,8 +19,7 @@ monitor's (cosine, other patients' images only, balanced accuracy).
 from __future__ import annotations
 
 import argparse
-import csv
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -37,7 +36,13 @@ from mammodino.eval.backbone import load_backbone
 from mammodino.eval.handcrafted import feature_names, handcrafted_features
 from mammodino.preprocess.cache import read_cached_float, read_cached_mask
 from mammodino.settings import MonitorSettings, as_settings
-from mammodino.train.monitor import knn_balanced_accuracy, labelled_cache_rows, square_thumbnail
+from mammodino.train.monitor import (
+    join_key,
+    knn_balanced_accuracy,
+    labelled_cache_rows,
+    labels_by_join_key,
+    square_thumbnail,
+)
 
 # The hand-crafted vector starts with its intensity entries, up to the breast's area.
 N_INTENSITY = feature_names().index("area_fraction") + 1
@@ -83,13 +88,13 @@ def column_values(
     rows: list[dict[str, str]], labels: Path, monitor: MonitorSettings, column: str
 ) -> np.ndarray:
     """`column` of the labels CSV as floats, in the order of the monitor's cache rows."""
-    with labels.open(newline="") as handle:
-        by_key = {
-            PurePath(r[monitor.labels_key]).name: r.get(column) for r in csv.DictReader(handle)
-        }
-    values = [by_key.get(PurePath(row.get(monitor.manifest_key, "")).name) for row in rows]
-    if any(value is None or not value.strip() for value in values):
-        raise SystemExit(f"{labels.name}: column {column!r} is missing or empty for some images")
+    try:
+        by_key = labels_by_join_key(labels, monitor.labels_key, column)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    values = [by_key.get(join_key(row, monitor.manifest_key)) for row in rows]
+    if any(value is None for value in values):
+        raise SystemExit(f"{labels.name}: column {column!r} is empty for some images")
     try:
         return np.array([float(value) for value in values])
     except ValueError as error:

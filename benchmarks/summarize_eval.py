@@ -13,13 +13,15 @@ interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from.
 from __future__ import annotations
 
 import functools
-import json
 import re
 import statistics
 import sys
 from pathlib import Path
 
 from scipy import stats
+
+from mammodino.errors import EvaluationError
+from mammodino.report.results import find_results
 
 COLUMNS = [
     ("density", "knn", "balanced_accuracy", "density bal. acc. (kNN)"),
@@ -39,8 +41,9 @@ def cell(metric: dict | None) -> str:
 
 @functools.cache
 def _results(path: Path) -> dict | None:
-    """One results.json, read once however many tables use it."""
-    return json.loads(path.read_text()) if path.is_file() else None
+    """One results.json, read once however many tables use it (by the report's reader: an
+    unreadable file is an EvaluationError that names it)."""
+    return find_results([path])[0].data if path.is_file() else None
 
 
 def pooled(folder: Path, task: str, protocol: str, metric: str) -> dict | None:
@@ -149,4 +152,7 @@ def _paired(eval_dir: Path, names: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    print(summarize(Path(sys.argv[1])))
+    try:
+        print(summarize(Path(sys.argv[1])))
+    except EvaluationError as error:
+        sys.exit(str(error))

@@ -138,6 +138,17 @@ def test_run_facts_and_the_short_run_flag(tmp_path):
     assert not any("mammodino" in ln and "too short" in ln for ln in lines)
 
 
+def test_run_facts_name_a_config_without_the_batch_size(tmp_path):
+    from mammodino.errors import ConfigError
+
+    run = _write_run(tmp_path / "mammodino", 20)
+    (run / "config.yaml").write_text("optim:\n  accumulate_steps: 1\n")
+    with pytest.raises(ConfigError, match="config.yaml: no whole data.batch_size"):
+        run_facts(run)
+    (run / "config.yaml").unlink()  # no config at all: one image a step, as before
+    assert run_facts(run).images_seen == 20
+
+
 def test_report_states_steps_and_flags_a_short_run_in_red(tmp_path):
     from mammodino.report.build import build_report
 

@@ -55,9 +55,9 @@ def test_column_values_follow_the_monitor_rows_and_name_a_missing_column(tmp_pat
     np.testing.assert_allclose(
         probe.column_values(rows, labels, monitor, "gland_fraction"), [0.5, 0.25]
     )
-    with pytest.raises(SystemExit, match="'thickness_mm' is missing or empty"):
+    with pytest.raises(SystemExit, match="'thickness_mm' is empty for some images"):
         probe.column_values(rows, labels, monitor, "thickness_mm")
     with pytest.raises(SystemExit, match="'view' is not numeric"):
         probe.column_values(rows, labels, monitor, "view")
-    with pytest.raises(SystemExit, match="'laterality' is missing"):
+    with pytest.raises(SystemExit, match="needs columns 'file' and 'laterality'$"):
         probe.column_values(rows, labels, monitor, "laterality")

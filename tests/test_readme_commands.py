@@ -22,7 +22,7 @@ def test_every_readme_command_is_run_or_says_why_not(tmp_path):
     assert len(not_run) <= 2
     # Continuation lines are joined; /data paths point at the tiny data; no GPU preset runs big.
     ablation = next(p for p in plans if "dbt_ablation.py" in p.text)
-    assert ablation.run.endswith("train.checkpoint_every=2 --run")
+    assert " WORK --run " in ablation.run and ablation.run.endswith("train.checkpoint_every=2")
     assert "--seeds 0,1 " in ablation.run and "--seeds 0,1 " not in ablation.text
     assert not any("/data/" in (p.run or "") for p in plans)
     vits = next(p for p in plans if "--config vits14" in p.text)

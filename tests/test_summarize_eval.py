@@ -70,3 +70,16 @@ def test_no_paired_table_with_one_common_seed(summarize_eval, tmp_path):
     text = summarize_eval.summarize(tmp_path)
     assert "mammodino (2)" in text
     assert "seeds paired" not in text
+
+
+def test_an_unreadable_results_file_is_named(summarize_eval, tmp_path):
+    from mammodino.errors import EvaluationError
+
+    _write(tmp_path, "mammodino", "density", {"knn": 0.7, "logreg": 0.7})
+    broken = tmp_path / "dinov2-recipe-density" / "results.json"
+    broken.parent.mkdir()
+    broken.write_text('{"protocols": ')  # cut short, as by a killed run
+    with pytest.raises(
+        EvaluationError, match=r"dinov2-recipe-density/results.json: not a readable"
+    ):
+        summarize_eval.summarize(tmp_path)

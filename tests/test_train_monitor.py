@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mammodino.train.monitor import knn_balanced_accuracy, square_thumbnail
+from mammodino.errors import ConfigError
+from mammodino.train.monitor import (
+    join_key,
+    knn_balanced_accuracy,
+    labelled_cache_rows,
+    labels_by_join_key,
+    square_thumbnail,
+)
 
 
 def test_knn_separable_classes_score_one():
@@ -37,6 +44,26 @@ def test_square_thumbnail_keeps_aspect():
     thumb = square_thumbnail(tall, 10)
     assert thumb.shape == (10, 10)
     assert thumb[:, :5].min() == pytest.approx(1.0) and thumb[:, 5:].max() == 0.0
+
+
+def test_labels_join_on_file_names_and_skip_empty_or_short_rows(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,density\nffdm/a.dcm, B \nffdm/b.dcm,\nffdm/c.dcm\n")
+    assert labels_by_join_key(labels, "file", "density") == {"a.dcm": "B"}
+    assert join_key({"source": "/data/src/a.dcm"}, "source") == "a.dcm"
+    assert join_key({}, "source") == ""
+    with pytest.raises(ConfigError, match="needs columns 'file' and 'birads'$"):
+        labels_by_join_key(labels, "file", "birads")
+
+
+def test_monitor_names_its_settings_when_a_label_column_is_missing(tmp_path):
+    from mammodino.config import load_config
+    from mammodino.settings import as_settings
+
+    (tmp_path / "labels.csv").write_text("file,density\na.dcm,B\n")
+    monitor = as_settings(load_config(overrides=["monitor.label_column=birads"])).monitor
+    with pytest.raises(ConfigError, match=r"\(monitor.labels_key, monitor.label_column\)$"):
+        labelled_cache_rows(tmp_path, tmp_path / "labels.csv", monitor)
 
 
 @pytest.mark.realdata

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from mammodino.errors import ConfigError
+
 # Below this many optimiser steps a run is flagged as too short to compare.
 SHORT_RUN_STEPS = 50
 
@@ -53,16 +55,20 @@ def _records(path: Path) -> list[dict]:
 
 
 def _images_per_step(run: Path) -> int:
-    """data.batch_size x optim.accumulate_steps of the run's config.yaml (1 when unknown)."""
+    """data.batch_size x optim.accumulate_steps of the run's config.yaml (1 when it has none)."""
     import yaml
 
     path = run / "config.yaml"
     if not path.is_file():
         return 1
-    cfg = yaml.safe_load(path.read_text()) or {}
-    batch = (cfg.get("data") or {}).get("batch_size") or 1
-    accumulate = (cfg.get("optim") or {}).get("accumulate_steps") or 1
-    return int(batch) * int(accumulate)
+    cfg = yaml.safe_load(path.read_text())
+    try:  # pretrain writes the resolved config: both keys are always there
+        return int(cfg["data"]["batch_size"]) * int(cfg["optim"]["accumulate_steps"])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(
+            f"{path}: no whole data.batch_size and optim.accumulate_steps: "
+            "not the config a pretraining run writes"
+        ) from None
 
 
 def run_facts(run: Path, name: str | None = None) -> RunFacts | None:
@@ -79,7 +85,7 @@ def run_facts(run: Path, name: str | None = None) -> RunFacts | None:
     per_step = _images_per_step(run)
     steps, previous, seconds, points = 0, 0, 0.0, 0
     for record in _records(path):
-        step = int(record.get("step", 0))
+        step = int(record["step"])  # every record the loop writes has its step
         rate = record.get("samples_per_s")
         if isinstance(rate, int | float) and rate > 0 and step > previous:
             seconds += (step - previous) * per_step / rate

@@ -74,23 +74,39 @@ def square_thumbnail(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(small, 0.0, 1.0)
 
 
+def join_key(row: dict[str, str], column: str) -> str:
+    """What the monitor joins a manifest row and a labels row on: the file name in `column`
+    (labels may give `ffdm/a.dcm` where the manifest gives `/data/src/a.dcm`)."""
+    return PurePath(row.get(column) or "").name
+
+
+def labels_by_join_key(
+    labels_csv: Path, key_column: str, label_column: str, settings: str = ""
+) -> dict[str, str]:
+    """The non-empty `label_column` values of a labels CSV, by join key. `settings` names, in
+    the error for a missing column, the config keys that choose the two columns."""
+    labels: dict[str, str] = {}
+    for row in _read_csv(labels_csv):
+        if label_column not in row or key_column not in row:
+            raise ConfigError(
+                f"{labels_csv.name}: needs columns {key_column!r} and {label_column!r}{settings}"
+            )
+        value = (row[label_column] or "").strip()  # None: a row shorter than the header
+        if value:
+            labels[join_key(row, key_column)] = value
+    return labels
+
+
 def labelled_cache_rows(
     cache: Path, labels_csv: Path, monitor: MonitorSettings
 ) -> tuple[list[dict[str, str]], list[str], list[str]]:
     """The cache's manifest rows that have a label, their labels and their patients' ids."""
-    label_column, label_key = monitor.label_column, monitor.labels_key
-    labels_by_key = {}
-    for row in _read_csv(labels_csv):
-        if label_column not in row or label_key not in row:
-            raise ConfigError(
-                f"{labels_csv.name}: needs columns {label_key!r} and {label_column!r} "
-                "(monitor.labels_key, monitor.label_column)"
-            )
-        if row[label_column].strip():
-            labels_by_key[PurePath(row[label_key]).name] = row[label_column].strip()
+    label_key = monitor.labels_key
+    settings = " (monitor.labels_key, monitor.label_column)"
+    labels_by_key = labels_by_join_key(labels_csv, label_key, monitor.label_column, settings)
     rows, names, groups = [], [], []
     for row in read_manifest(cache, required=("image",)):
-        key = PurePath(row.get(monitor.manifest_key, "")).name
+        key = join_key(row, monitor.manifest_key)
         if key not in labels_by_key:
             continue
         rows.append(row)
