@@ -85,12 +85,13 @@ def labels_by_join_key(
 ) -> dict[str, str]:
     """The non-empty `label_column` values of a labels CSV, by join key. `settings` names, in
     the error for a missing column, the config keys that choose the two columns."""
+    rows = _read_csv(labels_csv)
+    if rows and not {key_column, label_column} <= rows[0].keys():  # every row has the header's keys
+        raise ConfigError(
+            f"{labels_csv.name}: needs columns {key_column!r} and {label_column!r}{settings}"
+        )
     labels: dict[str, str] = {}
-    for row in _read_csv(labels_csv):
-        if label_column not in row or key_column not in row:
-            raise ConfigError(
-                f"{labels_csv.name}: needs columns {key_column!r} and {label_column!r}{settings}"
-            )
+    for row in rows:
         value = (row[label_column] or "").strip()  # None: a row shorter than the header
         if value:
             labels[join_key(row, key_column)] = value
