@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from rich.progress import track
 
-from mammodino.errors import ConfigError
+from mammodino.errors import ConfigError, MammodinoError
 from mammodino.eval.backbone import load_backbone
 from mammodino.eval.features import save_features
 from mammodino.preprocess.cache import read_cached_float, read_manifest
@@ -46,7 +46,7 @@ def block_indices(spec: str, depth: int) -> list[int]:
 
 @torch.inference_mode()
 def block_features(
-    weights: str, cache: str, blocks: str, image_size: int, batch_size: int = 32
+    weights: str, cache: str, blocks: str, image_size: int | None, batch_size: int = 32
 ) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray]:
     """Manifest rows, concatenated CLS [N, D x blocks] and mean patch tokens [N, D x blocks]."""
     backbone = load_backbone(weights, image_size=image_size)
@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("cache", help="a prepared cache")
     parser.add_argument("output", type=Path, help="the FEATS folder to write")
     parser.add_argument("--blocks", default="4", help="N (the last N) or 1-based numbers a,b,...")
-    parser.add_argument("--image-size", type=int, default=128, help="as `embed --image-size`")
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="as `embed`'s (default: the trained size)"
+    )
     args = parser.parse_args()
     rows, cls, patch_mean = block_features(args.weights, args.cache, args.blocks, args.image_size)
     path = save_features(
@@ -80,5 +82,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except ConfigError as exc:
+    except MammodinoError as exc:  # a bad --blocks, weights or cache: one line
         raise SystemExit(f"block_features: {exc}") from None
