@@ -34,12 +34,16 @@ def test_the_last_block_is_embeds_features_and_blocks_concatenate(block_features
     assert main([*args, "--output", str(tmp_path / "embed"), "--no-progress"]) == 0
     embedded = load_features(tmp_path / "embed")
 
-    rows, cls, patch_mean = block_features.block_features(weights, str(cache), "1", 32)
+    block_features.block_features(weights, str(cache), "1", 32, tmp_path / "b1")
+    last = load_features(tmp_path / "b1")
+    rows, cls, patch_mean = last.meta, last.cls, last.patch_mean
     assert [r["id"] for r in rows] == list(embedded.ids)
     np.testing.assert_allclose(cls, embedded.cls, atol=1e-5)
     np.testing.assert_allclose(patch_mean, embedded.patch_mean, atol=1e-5)
 
-    _, cls3, mean3 = block_features.block_features(weights, str(cache), "2,12,7", 32)
+    block_features.block_features(weights, str(cache), "2,12,7", 32, tmp_path / "b3")
+    three = load_features(tmp_path / "b3")
+    cls3, mean3 = three.cls, three.patch_mean
     assert cls3.shape == (5, 3 * 192) and mean3.shape == (5, 3 * 192)
     np.testing.assert_allclose(cls3[:, -192:], embedded.cls, atol=1e-5)  # block 12 comes last
     # Block 2's CLS token, computed by hand: the tokens through two blocks and the final norm.
