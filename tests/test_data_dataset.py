@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from itertools import islice
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from mammodino.data.dataset import build_pretrain_dataset
 from mammodino.data.image_dataset import compute_breast_mask
 from mammodino.data.resumable_sampler import ResumableSampler
 from mammodino.errors import CacheError, ConfigError
+from mammodino.settings import Settings
+from mammodino.train.batches import sampled_batches
 
 TINY = [
     "crops.global_size=32",
@@ -138,19 +142,48 @@ def test_loader_resume_reproduces_batches(cache):
 
 @pytest.mark.multiproc
 def test_workers_give_the_same_batches_as_the_main_process(cache):
-    config = tiny_config(cache)
-    dataset = build_pretrain_dataset(config)
     result = []
     for workers in (0, 2):
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=2,
-            sampler=ResumableSampler(len(dataset), seed=0),
-            collate_fn=collate_pretrain,
-            num_workers=workers,
-        )
-        result.append([b["global_crops"] for b in islice(loader, 4)])
+        config = tiny_config(cache, "data.batch_size=2", f"data.num_workers={workers}")
+        data = Settings.from_config(config).data
+        batches = sampled_batches(build_pretrain_dataset(config), data, seed=0, position=0)
+        result.append([b["global_crops"] for b in islice(batches, 4)])
     assert all(torch.equal(a, b) for a, b in zip(*result, strict=True))
+
+
+# A process that has run multi-threaded OpenCV (as `prepare` or the kNN monitor do), then starts
+# loader workers: they used to hang forever in their cv2.setNumThreads(1) (data/fork_safety.py).
+AFTER_OPENCV_THREADS = """
+import sys
+from itertools import islice
+
+import cv2
+import numpy as np
+
+from mammodino.config import load_config
+from mammodino.data.dataset import build_pretrain_dataset
+from mammodino.settings import Settings
+from mammodino.train.batches import sampled_batches
+
+cv2.setNumThreads(2)  # threads in OpenCV's pool even on a one-core machine
+cv2.resize(np.ones((2000, 2000), np.float32), (500, 500), interpolation=cv2.INTER_AREA)
+config = load_config(overrides=sys.argv[1:])
+data = Settings.from_config(config).data
+batches = sampled_batches(build_pretrain_dataset(config), data, seed=0, position=0)
+print(len(list(islice(batches, 3))), cv2.getNumThreads())
+"""
+
+
+@pytest.mark.multiproc
+def test_loader_workers_start_after_multithreaded_opencv(cache):
+    overrides = [f"data.source={cache}", *TINY, "data.batch_size=2", "data.num_workers=2"]
+    argv = [sys.executable, "-c", AFTER_OPENCV_THREADS, *overrides]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loader workers hung after a multi-threaded OpenCV call in the parent")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "2"]  # three batches; the parent's OpenCV threads restored
 
 
 def test_folder_of_images_computes_masks(tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from mammodino.data.fork_safety import opencv_single_threaded
 from mammodino.data.shards import (
     INDEX_NAME,
     ShardError,
@@ -330,7 +331,9 @@ class ResumableLoader:
         self._position: dict[int, StreamPosition] = {}
 
     def __iter__(self) -> Iterator[Any]:
-        for batch, position in self.loader:
+        with opencv_single_threaded():  # the (persistent) workers are forked here
+            batches = iter(self.loader)
+        for batch, position in batches:
             if position is not None:
                 worker, pos = position
                 self._position[worker] = StreamPosition(**pos)

@@ -15,6 +15,7 @@ import torch
 
 from mammodino.data.collate import collate_pretrain
 from mammodino.data.dataset import build_pretrain_dataset, build_sampler
+from mammodino.data.fork_safety import opencv_single_threaded
 from mammodino.data.shard_pretrain import build_streaming_pretrain_dataset, is_shard_source
 from mammodino.data.shard_stream import ResumableLoader
 from mammodino.settings import DataSettings, Settings
@@ -43,7 +44,8 @@ def sampled_batches(
     loader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, **_loader_options(data, seed, pin_memory)
     )
-    return iter(loader)
+    with opencv_single_threaded():  # the (persistent) workers are forked here
+        return iter(loader)
 
 
 def stream_loader(
