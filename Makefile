@@ -5,6 +5,8 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test` (one file per worker at a time); 0 runs the tests serially.
+TEST_WORKERS ?= 2
 
 .PHONY: setup test demo lint format clean
 
@@ -21,7 +23,7 @@ setup: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: $(STAMP)
 	$(VENV)/bin/mammodino demo --output demo-out
