@@ -13,14 +13,14 @@ images at 64 px, k 10, neighbours from other women only; mean of the probes at s
 
 Measured (`train.seed` 0-8, one thread each, two runs side by side on a 2-core AVX2-only EPYC):
 `loss/dino` 0.81-1.45 below ln K, teacher entropy 0.45-0.57, kNN gains +0.252 to +0.346 (0.30-0.35
--> 0.58-0.67), in 239-258 s a run (278-296 s for two that shared a core), where the earlier form
-of this test (tiny-cpu's tau, 400 steps) took 407 s beside it. A run on the plateau (no batch-statistics head, Sinkhorn-Knopp, LayerScale
-1e-5) with the same crops ends 0.00 below ln K, entropy 1.00, gains -0.054 and warns. The test
-runs seed 0 with one thread (conftest): 234 s there alone, plus 37 s to make the phantoms.
-Cheaper forms measured (docs/pretrain.md, "The learning regression test"): these crops for
-200 steps end 0.38-0.44 below ln K on seeds 1 and 4; with tiny-cpu's own tau every cheaper
-setting measured (fewer steps, higher learning rate, smaller crops, smaller batch, fewer blocks, a
-narrower ViT or MLP) lost a seed.
+-> 0.58-0.67), in 239-258 s a run (278-296 s for two that shared a core), where the earlier form of
+this test (tiny-cpu's tau, 400 steps) took 407 s beside it. A run on the plateau (no
+batch-statistics head, Sinkhorn-Knopp, LayerScale 1e-5) with the same crops ends 0.00 below ln K,
+entropy 1.00, gains -0.054 and warns. The test runs seed 0 with one thread (conftest): 234 s there
+alone, plus 37 s to make the phantoms. Cheaper forms measured (docs/pretrain.md, "The learning
+regression test"): these crops for 200 steps end 0.38-0.44 below ln K on seeds 1 and 4; with
+tiny-cpu's own tau every cheaper setting measured (fewer steps, higher learning rate, smaller
+crops, smaller batch, fewer blocks, a narrower ViT or MLP) lost a seed.
 
 Until the phantoms were thickness-equalised (docs/phantom.md) this test could only assert +0.06:
 the breast's brightness followed compressed thickness (r 0.79) more than glandular fraction
