@@ -5,6 +5,7 @@ user's default permissions."""
 from __future__ import annotations
 
 import os
+import runpy
 import stat
 import subprocess
 import sys
@@ -102,3 +103,14 @@ def test_export_files_get_the_default_permissions(tmp_path, umask, fmt):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert any(name.endswith(".safetensors") for name in modes)
     assert modes == {name: 0o666 & ~umask for name in modes}  # 0644 under umask 022, not 0600
+
+
+def test_the_entry_module_runs_the_cli_only_as_main(monkeypatch, capsys):
+    """`python -m mammodino` runs the CLI; importing `mammodino.__main__` (a worker) runs nothing."""
+    monkeypatch.setattr(sys, "argv", ["mammodino", "--help"])
+    assert runpy.run_module("mammodino.__main__", run_name="mammodino.__main__")["main"] is main
+    assert capsys.readouterr().out == ""
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("mammodino.__main__", run_name="__main__")
+    assert exit_info.value.code == 0
+    assert "pretrain" in capsys.readouterr().out

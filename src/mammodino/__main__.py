@@ -4,4 +4,7 @@ import sys
 
 from mammodino.cli import main
 
-sys.exit(main())
+# Guarded although spawn-started workers skip a package's __main__ (multiprocessing's
+# _fixup_main_from_name): an import of this module must never run the CLI.
+if __name__ == "__main__":
+    sys.exit(main())
