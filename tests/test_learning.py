@@ -99,7 +99,7 @@ def test_short_pretraining_leaves_the_plateau_and_learns_density(phantom_cache, 
     knn = {r["step"]: r["monitor/knn_acc"] for r in records if "monitor/knn_acc" in r}
     trained = [r for r in records if "loss/dino" in r]
     ln_k = math.log(N_PROTOTYPES)
-    # The last five records (the last 100 steps) and the last three probes, not one noisy value.
+    # The last five records and the last three probes, not one noisy value each.
     dino = float(np.mean([r["loss/dino"] for r in trained[-5:]]))
     entropy = float(np.mean([r["dino/teacher_entropy"] for r in trained[-5:]]))
     assert dino <= ln_k - 0.5, (dino, ln_k)
