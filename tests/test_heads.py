@@ -93,6 +93,7 @@ def test_batch_norm_head_separates_nearly_equal_inputs_and_round_trips():
     base = torch.randn(1, 32)
     x = base + 0.01 * torch.randn(16, 32)  # cosine ~0.9999 between rows, as a fresh ViT's CLS
 
+    @torch.no_grad()
     def mean_cosine(head: DINOHead) -> float:
         z = F.normalize(head.mlp(x), dim=-1)
         sim = z @ z.t()
