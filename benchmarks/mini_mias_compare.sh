@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-data comparison on mini-MIAS (issue 13, acceptance 1): tiny-cpu MammoDINO vs the plain
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
-#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE]
+#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE] [OVERRIDES]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
 # MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
 # fp32 needs 60-70). With 2 or more cores they run side by side, each pinned to its own core with one
@@ -15,13 +15,16 @@
 # by seed, with a 95% t interval. CACHE: crops (default: `prepare` crops each image to its breast;
 # mini-MIAS cache images are then 76% breast) or whole (`prepare --no-crop`: whole images, 36%
 # breast, the background the tissue sampler is for); one WORK holds one kind, and a WORK whose
-# cache is of the other kind is refused. Needs ../shared/data/mini-mias.
+# cache is of the other kind is refused. OVERRIDES (one string of key=value settings, e.g.
+# "optim.min_lr=2e-4") go to both recipes' pretraining, so a setting is compared at equal compute;
+# a WORK keeps the runs it has, so give each setting its own WORK. Needs ../shared/data/mini-mias.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}
 MINUTES=${2:-30}
 SEEDS=${3:-0}
 CACHE=${4:-crops}
+read -r -a overrides <<< "${5:-}"
 MIAS=../shared/data/mini-mias
 BIN=.venv/bin/mammodino
 [ -d "$MIAS" ] || { echo "mini-MIAS not found at $MIAS (see ../shared/data/README.md)"; exit 2; }
@@ -63,7 +66,7 @@ pretrain() {  # RECIPE SEED CORE
   [ "$cores" -ge 2 ] && pin=(taskset -c "$core" env OMP_NUM_THREADS=1)
   # shellcheck disable=SC2086
   "${pin[@]}" $BIN pretrain "${common[@]}" --output-dir "$run" "${resume[@]}" ${recipe[$name]} \
-    data.num_workers=0 "train.seed=$seed" > "$run.log" 2>&1
+    data.num_workers=0 "train.seed=$seed" "${overrides[@]}" > "$run.log" 2>&1
   touch "$run/done"
 }
 for seed in $SEEDS; do
