@@ -341,3 +341,41 @@ def test_auto_representation_is_dinov2s_protocol(tmp_path):
         p: r["protocols"][p]["1"]["pooled"]["balanced_accuracy"]["value"] for p in ("knn", "logreg")
     }
     assert bal["logreg"] > 0.5 and bal["knn"] < 0.42, bal
+
+
+def test_relative_spread_by_hand():
+    from mammodino.eval.features import relative_spread
+
+    # Rows (1, 0) and (3, 0): mean (2, 0), each row 1 away from it -> 1 / 2.
+    assert relative_spread(np.array([[1.0, 0.0], [3.0, 0.0]])) == pytest.approx(0.5)
+    assert relative_spread(np.ones((4, 3))) == 0.0
+    assert relative_spread(np.array([[1.0, 0.0], [-1.0, 0.0]])) == float("inf")
+
+
+def test_eval_warns_when_knn_features_are_nearly_identical(tmp_path, capsys):
+    """A random-init ViT's CLS tokens differ by ~2e-5 of their size: kNN's neighbours are then
+    rounding noise. eval says so (stdout and results.json); real features stay silent."""
+    feats, labels = _mias_like(tmp_path, n_images=40)
+    f = load_features(feats)
+    near = 1.0 + 1e-5 * f.cls  # every row ~ (1, ..., 1), density still in dim 0 at 1e-5
+    save_features(tmp_path / "near", f.ids.tolist(), near, near, f.meta)
+    argv = ["eval", "--labels", labels, "--task", "tissue_FGD", "--protocol", "knn", "logreg"]
+    argv += ["--C", "1", "--bootstrap", "0", "--folds", "3"]
+    for name in ("near", "feats"):
+        out = tmp_path / f"res-{name}"
+        assert main([str(a) for a in [*argv, "--features", tmp_path / name, "--output", out]]) == 0
+        r = json.loads((out / "results.json").read_text())
+        printed = capsys.readouterr().out
+        if name == "near":
+            assert r["knn_relative_spread"] < 1e-3
+            assert len(r["warnings"]) == 1 and "nearly identical" in r["warnings"][0]
+            assert "warning: kNN" in printed and "read logreg" in printed
+        else:
+            assert r["knn_relative_spread"] > 0.1 and "warnings" not in r
+            assert "warning" not in printed
+    # logreg alone has no kNN ranking to warn about.
+    out = tmp_path / "res-logreg"
+    solo = [a for a in argv if a != "knn"]
+    assert main([str(a) for a in [*solo, "--features", tmp_path / "near", "--output", out]]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert "knn_relative_spread" not in r and "warnings" not in r

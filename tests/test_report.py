@@ -226,6 +226,14 @@ def test_evaluation_section_shows_classes_as_text_chance_and_explains_the_labels
     auroc_row = re.search(r"<td[^>]*>AUROC</td><td[^>]*>([^<]*)</td>", text)
     bal_row = re.search(r"<td[^>]*>balanced accuracy</td><td[^>]*>([^<]*)</td>", text)
     assert auroc_row.group(1) == "0.500" and bal_row.group(1) == "0.500"
+    assert 'class="warn"' not in text
+    # eval's warning (kNN on nearly identical features) reaches the report in red, named.
+    data = json.loads((run / "eval" / "random-init" / "results.json").read_text())
+    data["warnings"] = ["kNN: the images' cls features are nearly identical"]
+    (run / "eval" / "random-init" / "results.json").write_text(json.dumps(data))
+    text = build_report(run).read_text()
+    assert text.count('class="warn"') == 1
+    assert '<p class="warn">random-init: kNN: the images&#x27; cls features are nearly' in text
 
 
 def test_chance_levels_per_metric():

@@ -94,5 +94,7 @@ def run(args: argparse.Namespace) -> int:
     results, predictions, arrays = evaluate(Path(args.features), Path(args.labels), settings)
     out = write_results(Path(args.output), results, predictions, arrays)
     print_table(results)
+    for warning in results.get("warnings", []):
+        print(f"warning: {warning}")
     print(f"results: {out}")
     return 0

@@ -13,7 +13,13 @@ import numpy as np
 
 from mammodino.errors import EvaluationError
 from mammodino.eval.crossval import cross_validate
-from mammodino.eval.features import Features, load_features, probe_representation
+from mammodino.eval.features import (
+    KNN_MIN_SPREAD,
+    Features,
+    load_features,
+    probe_representation,
+    relative_spread,
+)
 from mammodino.eval.labels_join import (
     TaskLabels,
     encode_task,
@@ -130,6 +136,15 @@ def evaluate_task(
         "representations": representations,
         "protocols": {},
     }
+    if "knn" in representations:
+        spread = relative_spread(matrices[representations["knn"]])
+        results["knn_relative_spread"] = spread
+        if spread < KNN_MIN_SPREAD:
+            results.setdefault("warnings", []).append(
+                f"kNN: the images' {representations['knn']} features are nearly identical "
+                f"(relative spread {spread:.1e} < {KNN_MIN_SPREAD:g}), so float rounding picks "
+                "the neighbours; read logreg (a random-init or collapsed backbone does this)"
+            )
     predictions: list[dict] = []
     for protocol in settings.protocols:
         inputs = rows if protocol == "finetune" else matrices[representations[protocol]]

@@ -14,6 +14,7 @@ A bare `.npz` path is accepted too; its metadata then lives in `<stem>.meta.csv`
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,22 @@ def probe_representation(representation: str, protocol: str, features: Features)
     if protocol == "knn" or features.single_vector:
         return "cls"
     return "cls+patch_mean"
+
+
+# Below this relative spread the cosine ranking kNN votes with is decided by float rounding: a
+# fresh ViT's CLS tokens sit at ~2e-5 on mini-MIAS, trained backbones and hand-crafted features at
+# 0.3-1.5 (docs/evaluation.md, "Protocols").
+KNN_MIN_SPREAD = 1e-3
+
+
+def relative_spread(x: np.ndarray) -> float:
+    """Mean distance of the rows from their mean, over the mean's norm: how far apart the images
+    are relative to what they share (0 when every row is the same vector)."""
+    x = np.asarray(x, dtype=np.float64)
+    centre = x.mean(axis=0)
+    scale = float(np.linalg.norm(centre))
+    spread = float(np.linalg.norm(x - centre, axis=1).mean())
+    return spread / scale if scale > 0 else math.inf if spread > 0 else 0.0
 
 
 @dataclass

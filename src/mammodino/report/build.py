@@ -201,6 +201,11 @@ def _section_evaluation(results: Sequence[EvalResult], runs: Sequence[RunFacts] 
         ]
         best = [{4 + backbones.index(b) for b in r["best"]} for r in rows]
         out.append(H.table(header, cells, best))
+        out += [
+            f'<p class="warn">{H.esc(name)}: {H.esc(warning)}</p>'
+            for name, r in view.results.items()
+            for warning in r.data.get("warnings", [])
+        ]
         protocols = list(
             dict.fromkeys(p for r in view.results.values() for p in r.data["protocols"])
         )
