@@ -15,6 +15,9 @@ Acceptance: share of global crops reaching the global tau for the tissue sampler
 crops; masked background patches under tissue-aware masking (must be 0).
 
     .venv/bin/python benchmarks/data_pipeline.py --source /tmp/mias-cache
+    # tiny-cpu's crops on a cache (how much tissue each sampler's crops hold), no timing:
+    .venv/bin/python benchmarks/data_pipeline.py --source CACHE --config tiny-cpu \
+        --skip-throughput --mask-epochs 0
 """
 
 from __future__ import annotations
@@ -186,11 +189,12 @@ def main() -> None:
     parser.add_argument("--mask-epochs", type=int, default=2, help="epochs of samples (acceptance)")
     parser.add_argument("--skip-acceptance", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--config", help="preset (e.g. tiny-cpu); default: the bundled defaults")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    cfg = load_config(overrides=[f"data.source={args.source}", *args.overrides])
+    cfg = load_config(preset=args.config, overrides=[f"data.source={args.source}", *args.overrides])
     c = cfg["crops"]
     print(
         f"source {args.source}; {c['n_global']} x {c['global_size']} + {c['n_local']} x "
