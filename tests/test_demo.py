@@ -67,6 +67,17 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
     assert lines[0].index("0.710") < lines[0].index("0.510 [0.100, 0.600]")
     assert "random-init" in lines[1] and "0.550" in lines[1] and "0.350" in lines[1]
     assert "chance level" in lines[2] and lines[2].count("0.250") == 2
+    assert "*" not in text
+    # eval's warning on random-init's kNN: its kNN cell is starred and the caption says why.
+    data = json.loads((tmp_path / "density" / "random-init" / "results.json").read_text())
+    data["warnings"] = ["kNN: the images' cls features are nearly identical"]
+    (tmp_path / "density" / "random-init" / "results.json").write_text(json.dumps(data))
+    console = Console(width=250, record=True)
+    console.print(summary_table(tmp_path))
+    text = console.export_text()
+    row = next(ln for ln in text.splitlines() if "random-init" in ln)
+    assert "0.350 [0.100, 0.600] *" in row and "0.550 [0.500, 0.900] *" not in row
+    assert "* kNN on nearly identical features" in text
 
 
 def test_demo_steps_are_fixed_and_curves_get_enough_points():

@@ -25,6 +25,7 @@ def summary_table(eval_dir: Path) -> Table:
     results = find_results([eval_dir]) if eval_dir.exists() else []
     cells: dict[str, dict[str, str]] = {}
     chance: dict[str, str] = {}
+    flagged = False
     for r in sorted(results, key=lambda r: backbone_order(r.backbone)):
         row = cells.setdefault(r.backbone, {})
         for task, probe, figure, header in COLUMNS:
@@ -32,6 +33,9 @@ def summary_table(eval_dir: Path) -> Table:
                 continue
             pooled = r.data["protocols"].get(probe, {}).get("1", {}).get("pooled", {})
             row[header] = _text(pooled.get(figure))
+            if probe == "knn" and _knn_warned(r.data):
+                row[header] += " *"
+                flagged = True
             level = chance_level(figure, r.data.get("class_counts") or [])
             chance[header] = "-" if level is None else f"{level:.3f}"
         if "localization" in r.data:
@@ -49,7 +53,17 @@ def summary_table(eval_dir: Path) -> Table:
     if cells:
         # Balanced accuracy 1/classes, AUROC 0.5, a random pointer's hit rate.
         table.add_row("chance level", *(chance.get(k, "-") for k in keys), style="dim")
+    if flagged:
+        table.caption = (
+            "* kNN on nearly identical features (a random-init ViT): float rounding picks the "
+            "neighbours, read logreg (docs/evaluation.md, Protocols)"
+        )
     return table
+
+
+def _knn_warned(data: dict) -> bool:
+    """Whether eval warned that this backbone's kNN features are nearly identical."""
+    return any(w.startswith("kNN:") for w in data.get("warnings", []))
 
 
 def runs_table(runs: Sequence[Path]) -> Table:
