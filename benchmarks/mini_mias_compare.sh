@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Real-data comparison on mini-MIAS (issue 13, acceptance 1): tiny-cpu MammoDINO vs the plain
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
-#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE] [OVERRIDES]
+#   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE] [OVERRIDES] [RECIPES]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
 # MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
 # fp32 needs 60-70). With 2 or more cores they run side by side, each pinned to its own core with one
@@ -17,7 +17,11 @@
 # breast, the background the tissue sampler is for); one WORK holds one kind, and a WORK whose
 # cache is of the other kind is refused. OVERRIDES (one string of key=value settings, e.g.
 # "optim.min_lr=2e-4") go to both recipes' pretraining, so a setting is compared at equal compute;
-# a WORK keeps the runs it has, so give each setting its own WORK. Needs ../shared/data/mini-mias.
+# a WORK keeps the runs it has, so give each setting its own WORK. RECIPES (default "mammodino
+# dinov2-recipe") may add the ablations mammodino-random-crops (MammoDINO with random crops, tissue
+# masking kept) and mammodino-random-masking (tissue crops, random masking): give the same WORK,
+# OVERRIDES and SEEDS as the comparison they belong to, and the tables pair each against mammodino.
+# Needs ../shared/data/mini-mias.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}
@@ -35,6 +39,13 @@ case $CACHE in
   whole) crop=(--no-crop) ;;
   *) echo "CACHE must be crops or whole, got '$CACHE'"; exit 2 ;;
 esac
+declare -A recipe=([mammodino]="" [dinov2-recipe]="crops.sampler=random masking.mode=random dbt.slice_loss_weight=0"
+                   [mammodino-random-crops]="crops.sampler=random"
+                   [mammodino-random-masking]="masking.mode=random")
+read -r -a recipes <<< "${6:-mammodino dinov2-recipe}"
+for name in "${recipes[@]}"; do
+  [ -n "${recipe[$name]+set}" ] || { echo "unknown recipe '$name' (known: ${!recipe[*]})"; exit 2; }
+done
 [ -f "$WORK/cache/manifest.csv" ] || \
   $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress "${crop[@]}"
 # The cache's kind from its manifest (whole: every crop box is the whole image), whatever made it.
@@ -55,7 +66,6 @@ PY
 
 common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.source=$WORK/cache"
         "monitor.labels=$MIAS/labels_per_image.csv" "optim.max_minutes=$MINUTES")
-declare -A recipe=([mammodino]="" [dinov2-recipe]="crops.sampler=random masking.mode=random dbt.slice_loss_weight=0")
 cores=$(nproc)
 run_name() { [ "$2" = 0 ] && echo "$1" || echo "$1-seed$2"; }  # RECIPE SEED
 pretrain() {  # RECIPE SEED CORE
@@ -70,13 +80,17 @@ pretrain() {  # RECIPE SEED CORE
   touch "$run/done"
 }
 for seed in $SEEDS; do
-  if [ "$cores" -ge 2 ]; then
-    pretrain mammodino "$seed" 0 & first=$!
-    pretrain dinov2-recipe "$seed" 1 & second=$!
-    wait $first; wait $second
+  if [ "$cores" -ge 2 ]; then  # two recipes at a time, one core each
+    for ((i = 0; i < ${#recipes[@]}; i += 2)); do
+      pretrain "${recipes[i]}" "$seed" 0 & first=$!
+      if [ $((i + 1)) -lt ${#recipes[@]} ]; then
+        pretrain "${recipes[i + 1]}" "$seed" 1 & second=$!
+        wait $second
+      fi
+      wait $first
+    done
   else
-    pretrain mammodino "$seed" 0
-    pretrain dinov2-recipe "$seed" 0
+    for name in "${recipes[@]}"; do pretrain "$name" "$seed" 0; done
   fi
 done
 # A run that MINUTES cut short is not the schedule's result (an AVX2-only CPU trains fp32 at about
@@ -87,7 +101,7 @@ done
 
 declare -A weights=([random-init]="random:vit_tiny/16")
 for seed in $SEEDS; do
-  for name in mammodino dinov2-recipe; do
+  for name in "${recipes[@]}"; do
     weights[$(run_name $name "$seed")]="$WORK/runs/$(run_name $name "$seed")"
   done
 done

@@ -7,7 +7,9 @@ named `RECIPE-seedN` are runs of one recipe with another seed: a second table gi
 recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0). With both
 `mammodino` and `dinov2-recipe` run on two or more common seeds, a last table gives their
 difference paired by seed (same seed: same initialisation and image order) with a 95% Student t
-interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from.
+interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from. Ablation runs of
+mini_mias_compare.sh (`mammodino-random-crops`, `mammodino-random-masking`) get the same table
+against `mammodino`: what each tissue-aware part adds, seed by seed.
 """
 
 from __future__ import annotations
@@ -94,7 +96,12 @@ def _over_seeds(eval_dir: Path, names: list[str]) -> list[str]:
     return lines
 
 
-PAIR = ("mammodino", "dinov2-recipe")  # (recipe, baseline) of mini_mias_compare.sh
+# (recipe, baseline) pairs of mini_mias_compare.sh's recipes; the first is issue 13's comparison.
+PAIRS = (
+    ("mammodino", "dinov2-recipe"),
+    ("mammodino", "mammodino-random-crops"),
+    ("mammodino", "mammodino-random-masking"),
+)
 
 
 def recipe_and_seed(name: str) -> tuple[str, int]:
@@ -127,9 +134,13 @@ def paired_cell(differences: list[float]) -> str:
 
 
 def _paired(eval_dir: Path, names: list[str]) -> list[str]:
-    """MammoDINO minus the DINOv2 recipe, seed by seed: mean difference [95% t interval]."""
-    recipe, baseline = PAIR
-    runs: dict[str, dict[int, str]] = {which: {} for which in PAIR}
+    """One table per pair in PAIRS run on two or more common seeds."""
+    return [line for pair in PAIRS for line in _paired_table(eval_dir, names, *pair)]
+
+
+def _paired_table(eval_dir: Path, names: list[str], recipe: str, baseline: str) -> list[str]:
+    """RECIPE minus BASELINE, seed by seed: mean difference [95% t interval]."""
+    runs: dict[str, dict[int, str]] = {recipe: {}, baseline: {}}
     for name in names:
         which, seed = recipe_and_seed(name)
         if which in runs:

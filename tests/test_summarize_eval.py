@@ -64,6 +64,27 @@ def test_tables_over_seeds_and_paired_by_seed(summarize_eval, tmp_path):
     assert paired.endswith("| - | - |")  # no abnormal results
 
 
+def test_ablation_runs_are_paired_against_mammodino(summarize_eval, tmp_path):
+    density = {  # run: (kNN, logreg)
+        "mammodino": (0.70, 0.72),
+        "mammodino-seed1": (0.74, 0.73),
+        "mammodino-random-masking": (0.66, 0.70),
+        "mammodino-random-masking-seed1": (0.71, 0.70),
+        "mammodino-random-crops-seed1": (0.70, 0.70),  # one common seed: no table
+    }
+    for name, (knn, logreg) in density.items():
+        _write(tmp_path, name, "density", {"knn": knn, "logreg": logreg})
+    lines = summarize_eval.summarize(tmp_path).splitlines()
+
+    assert "| mammodino-random-masking (2) | 0.685 +- 0.035 | 0.700 +- 0.000 | - | - |" in lines
+    assert lines[-3].startswith("| mammodino - mammodino-random-masking (seeds paired) |")
+    # kNN differences +0.04, +0.03; logreg +0.02, +0.03.
+    _, knn_low, knn_high = summarize_eval.paired_difference([0.04, 0.03])
+    assert lines[-1].startswith(f"| 2 seeds | +0.035 [{knn_low:+.3f}, {knn_high:+.3f}] | +0.025 ")
+    assert not any("mammodino-random-crops (seeds paired)" in line for line in lines)
+    assert not any("dinov2-recipe" in line for line in lines)
+
+
 def test_no_paired_table_with_one_common_seed(summarize_eval, tmp_path):
     for name in ("mammodino", "mammodino-seed1", "dinov2-recipe"):
         _write(tmp_path, name, "density", {"knn": 0.7, "logreg": 0.7})
