@@ -83,10 +83,7 @@ for seed in $SEEDS; do
   if [ "$cores" -ge 2 ]; then  # two recipes at a time, one core each
     for ((i = 0; i < ${#recipes[@]}; i += 2)); do
       pretrain "${recipes[i]}" "$seed" 0 & first=$!
-      if [ $((i + 1)) -lt ${#recipes[@]} ]; then
-        pretrain "${recipes[i + 1]}" "$seed" 1 & second=$!
-        wait $second
-      fi
+      [ $((i + 1)) -lt ${#recipes[@]} ] && pretrain "${recipes[i + 1]}" "$seed" 1
       wait $first
     done
   else

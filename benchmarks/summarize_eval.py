@@ -5,7 +5,7 @@ Columns: density balanced accuracy (kNN, logreg), normal/abnormal AUROC (kNN, lo
 localization hit rate, each pooled over the folds with its bootstrap 95% interval. Backbones
 named `RECIPE-seedN` are runs of one recipe with another seed: a second table gives each such
 recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0). With both
-`mammodino` and `dinov2-recipe` run on two or more common seeds, a last table gives their
+`mammodino` and `dinov2-recipe` run on two or more common seeds, a further table gives their
 difference paired by seed (same seed: same initialisation and image order) with a 95% Student t
 interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from. Ablation runs of
 mini_mias_compare.sh (`mammodino-random-crops`, `mammodino-random-masking`) get the same table
