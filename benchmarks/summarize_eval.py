@@ -14,6 +14,7 @@ against `mammodino`: what each tissue-aware part adds, seed by seed.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import re
 import statistics
@@ -162,8 +163,17 @@ def _paired_table(eval_dir: Path, names: list[str], recipe: str, baseline: str) 
     return lines
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("eval_dir", type=Path, help="folder of `mammodino eval` outputs")
+    args = parser.parse_args(argv)
+    if not args.eval_dir.is_dir():
+        sys.exit(f"{args.eval_dir}: not a folder")
     try:
-        print(summarize(Path(sys.argv[1])))
+        print(summarize(args.eval_dir))
     except EvaluationError as error:
         sys.exit(str(error))
+
+
+if __name__ == "__main__":
+    main()

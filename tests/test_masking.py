@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from helpers import settings_of
-from mammodino.data.tissue_masking import block_mask, sample_crop_mask
+from mammodino.data.tissue_masking import (
+    block_mask,
+    dense_anchor_weights,
+    patch_means,
+    sample_crop_mask,
+)
 from mammodino.errors import ConfigError
 from mammodino.settings import MaskingSettings
 
@@ -157,3 +162,54 @@ def test_masking_settings_parse_and_validate():
         masking(mode="everywhere")
     with pytest.raises(ConfigError, match="masking.probability"):
         settings_of("masking.probability=1.5")
+    with pytest.raises(ConfigError, match="masking.dense_weight"):
+        masking(dense_weight=-1.0)
+
+
+def test_patch_means_by_hand():
+    image = np.arange(16, dtype=np.float32).reshape(4, 4)
+    expected = [[(0 + 1 + 4 + 5) / 4, (2 + 3 + 6 + 7) / 4], [(8 + 9 + 12 + 13) / 4, 12.5]]
+    assert patch_means(image, 2) == pytest.approx(np.array(expected))
+
+
+def test_dense_anchor_weights_by_hand():
+    brightness = np.array([[0.2, 0.4], [0.6, 0.9]])
+    allowed = np.array([[True, True], [True, False]])  # the brightest patch is background
+    weights = dense_anchor_weights(brightness, allowed, dense_weight=3.0)
+    # Rescaled over the allowed patches: 0.2 -> 0, 0.4 -> 0.5, 0.6 -> 1.
+    assert weights == pytest.approx(np.array([[1.0, 2.5], [4.0, 0.0]]))
+    flat = dense_anchor_weights(np.full((2, 2), 0.5), allowed, dense_weight=3.0)
+    assert flat == pytest.approx(np.array([[1.0, 1.0], [1.0, 0.0]]))  # no contrast: uniform
+
+
+def half_bright_grid(n: int = 16) -> np.ndarray:
+    """Patch brightness: left half 0.9 (dense tissue), right half 0.2 (fat)."""
+    brightness = np.full((n, n), 0.2, dtype=np.float32)
+    brightness[:, : n // 2] = 0.9
+    return brightness
+
+
+@pytest.mark.parametrize(("dense_weight", "low", "high"), [(0.0, 0.45, 0.55), (9.0, 0.75, 0.85)])
+def test_dense_weight_moves_masks_onto_bright_tissue(dense_weight, low, high):
+    # Anchors on the bright half with odds 10 : 1 at weight 9; blocks spill across the middle,
+    # so the masked share lands near 0.8 rather than 10 / 11.
+    grid, brightness = np.ones((16, 16), dtype=np.float32), half_bright_grid()
+    config = masking(probability=1.0, ratio=(0.1, 0.3), dense_weight=dense_weight)
+    rng = np.random.default_rng(5)
+    masks = np.stack([sample_crop_mask(rng, grid, config, brightness) for _ in range(500)])
+    on_bright = masks.reshape(-1, 16, 16)[:, :, :8].sum() / masks.sum()
+    assert low <= on_bright <= high
+
+
+def test_dense_weight_keeps_background_unmasked_and_zero_weight_changes_nothing():
+    grid, brightness = tissue_grid(seed=6), half_bright_grid()
+    background = (grid < 0.5).reshape(-1)
+    dense = masking(probability=1.0, dense_weight=9.0)
+    rng = np.random.default_rng(6)
+    assert not any((sample_crop_mask(rng, grid, dense, brightness) & background).any()
+                   for _ in range(200))  # fmt: skip
+    plain = masking(probability=1.0)
+    with_brightness = [sample_crop_mask(np.random.default_rng(i), grid, plain, brightness)
+                       for i in range(20)]  # fmt: skip
+    without = [sample_crop_mask(np.random.default_rng(i), grid, plain) for i in range(20)]
+    assert all(np.array_equal(a, b) for a, b in zip(with_brightness, without, strict=True))

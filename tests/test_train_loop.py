@@ -3,6 +3,7 @@ acceptance 3), NaN skip and stop-after-3, kNN monitor."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from mammodino.config import load_config
 from mammodino.errors import CheckpointError, ConfigError, NonFiniteLossError
 from mammodino.train.checkpoint import list_checkpoints, load_checkpoint
 from mammodino.train.loop import Trainer, train
+from mammodino.train.resume_keys import changed_keys
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,19 @@ def test_resume_refuses_a_changed_recipe(cache, tmp_path):
     train(tiny_cfg(cache, "optim.max_steps=1"), run, show_progress=False)
     with pytest.raises(ConfigError, match="optim.base_lr"):
         Trainer(tiny_cfg(cache, "optim.base_lr=0.1"), run, resume=True, show_progress=False)
+
+
+def test_resume_accepts_a_key_added_since_the_checkpoint_at_its_default():
+    current = load_config(preset="tiny-cpu").to_dict()
+    saved = copy.deepcopy(current)
+    del saved["masking"]["dense_weight"]  # a checkpoint written before the key existed
+    assert changed_keys(saved, current) == []
+    current["masking"]["dense_weight"] = 3.0  # not the default: the trajectory would change
+    assert changed_keys(saved, current) == ["masking.dense_weight"]
+    current["masking"]["dense_weight"] = 0.0
+    current["train"]["log_every"] = 7  # allowed on resume
+    current["optim"]["base_lr"] = 0.1
+    assert changed_keys(saved, current) == ["optim.base_lr"]
 
 
 def _inject_nan(monkeypatch, bad_steps: set[int], term: str = "loss/ibot"):

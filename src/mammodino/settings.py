@@ -161,12 +161,15 @@ class MaskingSettings(Section):
     min_tissue_patches: int
     block_min_patches: int
     block_aspect: tuple[float, float]
+    dense_weight: float
 
     def __post_init__(self) -> None:
         if self.mode not in MASKING_MODES:
             raise ConfigError(f"masking.mode must be one of {MASKING_MODES}, got {self.mode!r}")
         if not 0.0 <= self.probability <= 1.0:
             raise ConfigError(f"masking.probability must lie in [0, 1], got {self.probability}")
+        if self.dense_weight < 0:
+            raise ConfigError(f"masking.dense_weight must be >= 0, got {self.dense_weight}")
 
 
 @dataclass(frozen=True)

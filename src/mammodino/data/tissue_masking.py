@@ -5,6 +5,9 @@ random area and log-uniform aspect are added until the target count is reached. 
 grid (tissue patches), each block is anchored on a tissue patch, only tissue patches inside it are
 masked, and the target is a share of the tissue patches: background tokens are never masked.
 Without `allowed` it is DINOv2's algorithm step for step (block top-left uniform over the grid).
+With `masking.dense_weight` > 0, anchors are drawn with weight 1 + dense_weight * the patch's
+brightness relative to the crop's tissue patches (0 for the faintest, 1 for the brightest): the
+masks fall more often on fibroglandular tissue, which density is judged by, than on fat.
 """
 
 from __future__ import annotations
@@ -28,18 +31,27 @@ def block_mask(
     allowed: np.ndarray | None = None,
     min_block_patches: float = 4,
     block_aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    anchor_weights: np.ndarray | None = None,
 ) -> np.ndarray:
-    """A bool [h, w] block mask with about num_masking_patches True cells, inside `allowed` only."""
+    """A bool [h, w] block mask with about num_masking_patches True cells, inside `allowed` only.
+
+    `anchor_weights` ([h, w], with `allowed`): relative odds of each tissue patch as a block anchor
+    (default: uniform).
+    """
     height, width = grid_shape
     n_candidates = height * width if allowed is None else int(allowed.sum())
     max_block = MAX_BLOCK_FRACTION * n_candidates
     log_aspect = (math.log(block_aspect[0]), math.log(block_aspect[1]))
     mask = np.zeros(grid_shape, dtype=bool)
     anchors = None if allowed is None else np.flatnonzero(allowed)
+    odds = None
+    if anchors is not None and anchor_weights is not None:
+        weights = anchor_weights.reshape(-1)[anchors].astype(np.float64)
+        odds = weights / weights.sum()
     count = 0
     while count < num_masking_patches:
         budget = min(num_masking_patches - count, max_block)
-        delta = _add_block(rng, mask, budget, min_block_patches, log_aspect, allowed, anchors)
+        delta = _add_block(rng, mask, budget, min_block_patches, log_aspect, allowed, anchors, odds)
         if delta == 0:
             break
         count += delta
@@ -59,6 +71,7 @@ def _add_block(
     log_aspect: tuple[float, float],
     allowed: np.ndarray | None,
     anchors: np.ndarray | None,
+    odds: np.ndarray | None = None,
 ) -> int:
     """Add one block to `mask` in place; the number of newly masked cells (0: none fitted)."""
     height, width = mask.shape
@@ -74,7 +87,8 @@ def _add_block(
             left = int(rng.integers(0, width - w + 1))
         else:
             # The block covers a random tissue patch at a random place inside the block.
-            row, col = divmod(int(anchors[rng.integers(anchors.size)]), width)
+            pick = rng.integers(anchors.size) if odds is None else rng.choice(anchors.size, p=odds)
+            row, col = divmod(int(anchors[pick]), width)
             top = min(max(row - int(rng.integers(max(h, 1))), 0), height - h)
             left = min(max(col - int(rng.integers(max(w, 1))), 0), width - w)
         window = mask[top : top + h, left : left + w]
@@ -87,13 +101,18 @@ def _add_block(
 
 
 def sample_crop_mask(
-    rng: np.random.Generator, patch_tissue: np.ndarray, config: MaskingSettings
+    rng: np.random.Generator,
+    patch_tissue: np.ndarray,
+    config: MaskingSettings,
+    patch_brightness: np.ndarray | None = None,
 ) -> np.ndarray:
     """The iBOT mask (bool, flat [n*n]) of one global crop from its patch tissue fractions.
 
     With probability `config.probability` the crop is masked at a ratio drawn uniformly from
     `config.ratio`: of its tissue patches (mode tissue) or of all patches (mode random). A crop with
-    fewer than `min_tissue_patches` tissue patches is not masked in tissue mode.
+    fewer than `min_tissue_patches` tissue patches is not masked in tissue mode. In tissue mode,
+    `patch_brightness` (mean intensity per patch, grid-shaped) weights the block anchors when
+    `config.dense_weight` > 0.
     """
     grid_shape = patch_tissue.shape
     if rng.random() >= config.probability:
@@ -108,7 +127,31 @@ def sample_crop_mask(
         if n_tissue < config.min_tissue_patches:
             return np.zeros(patch_tissue.size, dtype=bool)
         target = int(n_tissue * ratio)
+    weights = None
+    if allowed is not None and config.dense_weight > 0 and patch_brightness is not None:
+        weights = dense_anchor_weights(patch_brightness, allowed, config.dense_weight)
     mask = block_mask(
-        rng, grid_shape, target, allowed, config.block_min_patches, config.block_aspect
+        rng, grid_shape, target, allowed, config.block_min_patches, config.block_aspect, weights
     )
     return mask.reshape(-1)
+
+
+def patch_means(image: np.ndarray, patch_size: int) -> np.ndarray:
+    """Mean of each patch_size x patch_size patch of a 2-D image whose sides are multiples of it."""
+    height, width = image.shape
+    grid = image.reshape(height // patch_size, patch_size, width // patch_size, patch_size)
+    return grid.mean(axis=(1, 3))
+
+
+def dense_anchor_weights(
+    patch_brightness: np.ndarray, allowed: np.ndarray, dense_weight: float
+) -> np.ndarray:
+    """1 + dense_weight * brightness rescaled to [0, 1] over the allowed patches (grid-shaped).
+
+    Relative to the crop, not absolute: a fatty breast's brightest tissue is still where its
+    glandular structure is, and the odds stay comparable between dense and fatty breasts.
+    """
+    values = patch_brightness[allowed]
+    low, high = float(values.min()), float(values.max())
+    relative = np.clip((patch_brightness - low) / max(high - low, 1e-12), 0.0, 1.0)
+    return np.where(allowed, 1.0 + dense_weight * relative, 0.0)

@@ -23,7 +23,7 @@ from mammodino.data.tissue_crops import (
     resize_crop,
     sample_crop_box,
 )
-from mammodino.data.tissue_masking import sample_crop_mask
+from mammodino.data.tissue_masking import patch_means, sample_crop_mask
 from mammodino.settings import AugmentSettings, CropSettings, MaskingSettings, Settings
 
 
@@ -108,9 +108,10 @@ class PretrainTransform:
             )
             if flip:
                 crop, patch_tissue = vflip(crop), vflip(patch_tissue)
+            brightness = patch_means(crop, self.patch_size) if self.masking.dense_weight else None
             globals_.append(augment_intensity(crop, aug_rng, self.augment, "global", i))
             tissues.append(patch_tissue)
-            masks.append(sample_crop_mask(mask_rng, patch_tissue, self.masking))
+            masks.append(sample_crop_mask(mask_rng, patch_tissue, self.masking, brightness))
         locals_ = []
         for i, (box, flip) in enumerate(zip(plan.local_boxes, plan.local_flips, strict=True)):
             crop = resize_crop(image, box, c.local_size).astype(np.float32) * scale

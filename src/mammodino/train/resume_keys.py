@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mammodino.config import load_config
+
 # Keys that may change when resuming: they stop, log or load, but do not change the trajectory.
 RESUMABLE_CHANGES = (
     "optim.max_steps",
@@ -33,10 +35,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def changed_keys(saved: dict, current: dict) -> list[str]:
-    """Config keys whose values differ, except those allowed to change on resume."""
+    """Config keys whose values differ, except those allowed to change on resume.
+
+    A key the saved config lacks (added to the defaults after the checkpoint was written) counts
+    as unchanged while it keeps its default: a new setting's default keeps the old behaviour.
+    """
     old, new = _flatten(saved), _flatten(current)
+    defaults = _flatten(load_config())
     return sorted(
         k
         for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
+        if old.get(k) != new.get(k)
+        and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
+        and not (k not in old and k in defaults and new.get(k) == defaults[k])
     )
