@@ -128,7 +128,12 @@ def sample_crop_mask(
             return np.zeros(patch_tissue.size, dtype=bool)
         target = int(n_tissue * ratio)
     weights = None
-    if allowed is not None and config.dense_weight > 0 and patch_brightness is not None:
+    if (
+        allowed is not None
+        and allowed.any()
+        and config.dense_weight > 0
+        and patch_brightness is not None
+    ):
         weights = dense_anchor_weights(patch_brightness, allowed, config.dense_weight)
     mask = block_mask(
         rng, grid_shape, target, allowed, config.block_min_patches, config.block_aspect, weights
