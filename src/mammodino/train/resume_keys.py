@@ -40,12 +40,10 @@ def changed_keys(saved: dict, current: dict) -> list[str]:
     A key the saved config lacks (added to the defaults after the checkpoint was written) counts
     as unchanged while it keeps its default: a new setting's default keeps the old behaviour.
     """
-    old, new = _flatten(saved), _flatten(current)
-    defaults = _flatten(load_config())
+    old = {**_flatten(load_config()), **_flatten(saved)}  # keys it lacks: their defaults
+    new = _flatten(current)
     return sorted(
         k
         for k in old.keys() | new.keys()
-        if old.get(k) != new.get(k)
-        and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
-        and not (k not in old and k in defaults and new.get(k) == defaults[k])
+        if old.get(k) != new.get(k) and not any(k.startswith(p) for p in RESUMABLE_CHANGES)
     )
