@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 
+import cv2
 import numpy as np
 import pytest
 
@@ -26,6 +27,7 @@ from mammodino.synth.dataset import (
     simulate,
 )
 from mammodino.synth.dbt import simulate_dbt
+from mammodino.synth.geometry import BreastGeometry, edge_distance_mm
 from mammodino.synth.lesions import LESION_TYPES
 from mammodino.synth.noise import power_law_noise
 from mammodino.synth.phantom import GLAND_FRACTION
@@ -212,3 +214,36 @@ def test_cli_synth_with_preview(tmp_path):
     sheet = cv2.imread(str(out / "preview.png"))
     assert sheet is not None and sheet.shape[0] >= 2 * 256
     assert main(["synth", str(out), "--ffdm", "0", "--dbt", "0"]) == 1
+
+
+def test_edge_distance_is_the_exact_distance_to_the_skin_line():
+    # A breast filling the left 12 columns of every row: the chest wall (left) and the rows
+    # (replicated at top and bottom) are body, so only the skin line at column 12 is an edge.
+    mask = np.zeros((20, 30), dtype=bool)
+    mask[:, :12] = True
+    geom = BreastGeometry("CC", (10.0, 15.0), 6.0, 5.0, 5.0, 2.0, 0.5, ())
+    dist = edge_distance_mm(mask, 0.5, geom)
+    expected = np.where(mask, (12 - np.arange(30)) * 0.5, 0.0)
+    np.testing.assert_array_equal(dist, expected.astype(np.float32))
+    # A diagonal edge: sqrt(2) steps, to the float32 bit, call after call.
+    diagonal = np.add.outer(np.arange(40), np.arange(40)) < 40
+    first = edge_distance_mm(diagonal, 1.0, geom)
+    assert all(np.array_equal(first, edge_distance_mm(diagonal, 1.0, geom)) for _ in range(5))
+    assert first[0, 0] == pytest.approx(40 / np.sqrt(2), abs=1.0)
+
+
+def test_edge_distance_does_not_depend_on_opencvs_threads():
+    # OpenCV's precise transform rounds differently with its thread count (one bit, which made
+    # phantoms differ between machines and runs); a phantom must not depend on the machine.
+    mask = np.zeros((300, 260), dtype=np.uint8)
+    cv2.ellipse(mask, (0, 150), (200, 140), 0, -90, 90, 1, -1)
+    geom = BreastGeometry("CC", (150.0, 130.0), 100.0, 70.0, 75.0, 4.0, 0.5, ())
+    threads = cv2.getNumThreads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            cv2.setNumThreads(n)
+            results.append(edge_distance_mm(mask.astype(bool), 0.5, geom))
+    finally:
+        cv2.setNumThreads(threads)
+    assert all(np.array_equal(results[0], r) for r in results[1:])

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from scipy import ndimage
 
 VIEWS = ("CC", "MLO")
 
@@ -96,7 +97,10 @@ def edge_distance_mm(mask: np.ndarray, spacing_mm: float, geom: BreastGeometry) 
     # Replicating the chest-wall column (and the top row in MLO, where the axilla continues)
     # makes the body side count as tissue, so only the skin line sets the distance.
     padded = cv2.copyMakeBorder(mask.astype(np.uint8), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # SciPy's exact transform, not OpenCV's DIST_MASK_PRECISE: OpenCV's float rounding depends
+    # on its thread partitioning (it changed with CPU affinity, from run to run), and a phantom
+    # must not depend on the machine. Same values as OpenCV's on two threads.
+    dist = ndimage.distance_transform_edt(padded).astype(np.float32)
     return dist[pad:-pad, pad:-pad] * np.float32(spacing_mm)
 
 
