@@ -24,14 +24,13 @@ import numpy as np
 
 from mammodino.errors import EvaluationError, MammodinoError
 from mammodino.eval.features import Features, load_features, save_features
+from mammodino.eval.probes import standardise
 
 
 def equal_weight_columns(x: np.ndarray) -> np.ndarray:
     """Columns z-scored (constant ones become 0), divided by sqrt(width): mean row norm^2 <= 1."""
     x = x.astype(np.float64)
-    std = x.std(axis=0)
-    z = np.divide(x - x.mean(axis=0), std, out=np.zeros_like(x), where=std > 0)
-    return z / np.sqrt(x.shape[1])
+    return standardise(x, x)[0] / np.sqrt(x.shape[1])
 
 
 def concatenate(sources: Sequence[Features]) -> Features:

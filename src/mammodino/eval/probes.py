@@ -16,7 +16,8 @@ from mammodino.errors import EvaluationError
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
-def _standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both z-scored with the training rows' mean and standard deviation."""
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     std[std < 1e-8] = 1.0  # constant features carry no information; keep them at zero
@@ -44,7 +45,7 @@ class KNNProbe:
                 f"kNN needs k >= 1 and temperature > 0; got {self.k}, {self.temperature}"
             )
         if self.standardise:
-            x_train, x_test = _standardise(x_train, x_test)
+            x_train, x_test = standardise(x_train, x_test)
         a = x_train / np.maximum(np.linalg.norm(x_train, axis=1, keepdims=True), 1e-12)
         b = x_test / np.maximum(np.linalg.norm(x_test, axis=1, keepdims=True), 1e-12)
         sim = b @ a.T
@@ -87,7 +88,7 @@ class LogRegProbe:
         for train, val in GroupKFold(self.inner_folds).split(x, y, groups):
             if len(np.unique(y[train])) < 2:
                 continue
-            xt, xv = _standardise(x[train], x[val])
+            xt, xv = standardise(x[train], x[val])
             for C in C_GRID:
                 model = self._model(C).fit(xt, y[train])
                 proba = _full_proba(model.predict_proba(xv), model.classes_, labels)
@@ -102,7 +103,7 @@ class LogRegProbe:
         """Class probabilities from a logistic regression fitted on the training images."""
         C = self.C if self.C is not None else self.choose_C(x_train, y_train, groups_train)
         self.last_C = C
-        xt, xv = _standardise(x_train, x_test)
+        xt, xv = standardise(x_train, x_test)
         model = self._model(C).fit(xt, y_train)
         return _full_proba(model.predict_proba(xv), model.classes_, np.arange(n_classes))
 
@@ -129,7 +130,7 @@ class LinearProbe:
         """Class probabilities of a linear layer trained for `epochs` full-batch steps."""
         import torch
 
-        xt, xv = _standardise(x_train, x_test)
+        xt, xv = standardise(x_train, x_test)
         generator = torch.Generator().manual_seed(seed)
         layer = torch.nn.Linear(xt.shape[1], n_classes)
         with torch.no_grad():
