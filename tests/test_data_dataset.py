@@ -283,3 +283,19 @@ def test_masking_dense_weight_reaches_the_masks_through_the_transform(cache):
     )
     # Measured: -0.009 plain, +0.010 dense (noisy synthetic tissue, 8 px patches); unwired: equal.
     assert masked_brightness_excess(dense) > masked_brightness_excess(plain) + 0.01
+
+
+def test_random_masking_ignores_dense_weight_and_skips_patch_brightness(cache, monkeypatch):
+    from mammodino.data import transform
+
+    random_mode = ("masking.mode=random", "masking.ratio=[0.2, 0.2]")
+    plain = build_pretrain_dataset(tiny_config(cache, *random_mode))
+    plain_masks = [plain[i]["masks"] for i in range(4)]
+
+    def no_brightness(*args, **kwargs):
+        raise AssertionError("patch brightness computed for random masks")
+
+    monkeypatch.setattr(transform, "patch_means", no_brightness)
+    dense = build_pretrain_dataset(tiny_config(cache, *random_mode, "masking.dense_weight=9"))
+    for i, masks in enumerate(plain_masks):
+        assert torch.equal(dense[i]["masks"], masks)

@@ -56,6 +56,8 @@ class PretrainTransform:
         self.masking = masking
         self.augment = augment
         self.patch_size = patch_size
+        # Patch brightness weights mask anchors in tissue mode only: random mode ignores it.
+        self._weights_masks = masking.dense_weight > 0 and masking.mode == "tissue"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PretrainTransform:
@@ -108,7 +110,7 @@ class PretrainTransform:
             )
             if flip:
                 crop, patch_tissue = vflip(crop), vflip(patch_tissue)
-            brightness = patch_means(crop, self.patch_size) if self.masking.dense_weight else None
+            brightness = patch_means(crop, self.patch_size) if self._weights_masks else None
             globals_.append(augment_intensity(crop, aug_rng, self.augment, "global", i))
             tissues.append(patch_tissue)
             masks.append(sample_crop_mask(mask_rng, patch_tissue, self.masking, brightness))
