@@ -7,11 +7,11 @@ For each model and precision it times the production step (`Trainer.train_step`:
 student, DINO + iBOT + KoLeo losses, backward, clipping, fused AdamW, EMA) on a fixed synthetic
 batch, counts the step's model FLOPs with torch's FlopCounterMode (matmuls, convolutions and
 attention, forward and backward), and divides the achieved FLOP/s by the matmul peak measured in
-the same process (large torch.matmul, fp32 and bf16). Models: `tiny-cpu` (its preset batch) and
-`vits14` (ViT-S/14, 2 x 224 + 8 x 98 crops, 65536 prototypes, batch 8). Each configuration runs
-in a child process twice: with glibc's default allocator settings and with the GLIBC_TUNABLES
-that keep large buffers mapped (commands/pretrain.py sets them for CPU training). Medians of
-`--repeats` timed steps after one warm-up step. Target: ViT-S fp32 >= 60% of the fp32 peak.
+the same process (a large torch.matmul in each precision asked for). Models: `tiny-cpu` (its
+preset batch) and `vits14` (ViT-S/14, 2 x 224 + 8 x 98 crops, 65536 prototypes, batch 8). Each
+configuration runs in a child process twice: with glibc's default allocator settings and with
+the GLIBC_TUNABLES that keep large buffers mapped (commands/pretrain.py sets them for CPU
+training). Medians of `--repeats` timed steps after one warm-up step. Target: ViT-S fp32 >= 60% of the fp32 peak.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def bench(model: str, precision: str, repeats: int) -> dict:
 def child(args: argparse.Namespace) -> None:
     """Measure in this process (its allocator settings fixed at start) and print JSON lines."""
     precisions = args.precisions.split(",")
-    # Only the peaks asked for: without native bf16 (AVX2) a bf16 peak alone takes ~10 minutes.
+    # Only the peaks asked for: without native bf16 (AVX2) the bf16 peak ran over ten minutes.
     peaks = {p: [matmul_peak(DTYPES[p])] for p in precisions}
     for model in args.models.split(","):
         for precision in precisions:
