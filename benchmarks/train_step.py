@@ -30,7 +30,7 @@ from torch.utils import flop_counter
 
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
-from mammodino.train.hardware import MALLOC_TUNABLES
+from mammodino.train.hardware import MALLOC_TUNABLES, PRECISIONS
 from mammodino.train.loop import Trainer
 
 MODELS = {
@@ -39,7 +39,8 @@ MODELS = {
     "vitl14": ["data.batch_size=32", "monitor.every=0"],  # GPU only (benchmarks/gpu_speed.sh)
 }
 aten = torch.ops.aten
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Matmul dtype of each precision the benchmark compares (fp32: no autocast, plain float32).
+DTYPES = {p: PRECISIONS[p] or torch.float32 for p in ("fp32", "bf16")}
 
 
 def _sdpa_cpu_flop(query, key, value, *args, out_shape=None, **kwargs) -> int:

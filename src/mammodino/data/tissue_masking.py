@@ -128,17 +128,17 @@ def sample_crop_mask(
             return np.zeros(patch_tissue.size, dtype=bool)
         target = int(n_tissue * ratio)
     weights = None
-    if (
-        allowed is not None
-        and allowed.any()
-        and config.dense_weight > 0
-        and patch_brightness is not None
-    ):
+    if uses_patch_brightness(config) and allowed.any() and patch_brightness is not None:
         weights = dense_anchor_weights(patch_brightness, allowed, config.dense_weight)
     mask = block_mask(
         rng, grid_shape, target, allowed, config.block_min_patches, config.block_aspect, weights
     )
     return mask.reshape(-1)
+
+
+def uses_patch_brightness(config: MaskingSettings) -> bool:
+    """True when `sample_crop_mask` weights anchors by patch brightness (tissue mode only)."""
+    return config.mode == "tissue" and config.dense_weight > 0
 
 
 def patch_means(image: np.ndarray, patch_size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ from mammodino.data.tissue_crops import (
     resize_crop,
     sample_crop_box,
 )
-from mammodino.data.tissue_masking import patch_means, sample_crop_mask
+from mammodino.data.tissue_masking import patch_means, sample_crop_mask, uses_patch_brightness
 from mammodino.settings import AugmentSettings, CropSettings, MaskingSettings, Settings
 
 
@@ -56,8 +56,6 @@ class PretrainTransform:
         self.masking = masking
         self.augment = augment
         self.patch_size = patch_size
-        # Patch brightness weights mask anchors in tissue mode only: random mode ignores it.
-        self._weights_masks = masking.dense_weight > 0 and masking.mode == "tissue"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PretrainTransform:
@@ -110,7 +108,8 @@ class PretrainTransform:
             )
             if flip:
                 crop, patch_tissue = vflip(crop), vflip(patch_tissue)
-            brightness = patch_means(crop, self.patch_size) if self._weights_masks else None
+            weighted = uses_patch_brightness(self.masking)
+            brightness = patch_means(crop, self.patch_size) if weighted else None
             globals_.append(augment_intensity(crop, aug_rng, self.augment, "global", i))
             tissues.append(patch_tissue)
             masks.append(sample_crop_mask(mask_rng, patch_tissue, self.masking, brightness))
