@@ -11,7 +11,8 @@ the same process (a large torch.matmul in each precision asked for). Models: `ti
 preset batch) and `vits14` (ViT-S/14, 2 x 224 + 8 x 98 crops, 65536 prototypes, batch 8). Each
 configuration runs in a child process twice: with glibc's default allocator settings and with
 the GLIBC_TUNABLES that keep large buffers mapped (commands/pretrain.py sets them for CPU
-training). Medians of `--repeats` timed steps after one warm-up step. Target: ViT-S fp32 >= 60% of the fp32 peak.
+training). Medians of `--repeats` timed steps after one warm-up step. Target: ViT-S fp32 >= 60%
+of the fp32 peak.
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def cache(tmp_path):
     return write_images(tmp_path / "cache", (48, 40))
 
 
-def dataset(cache, cache_mb: float):
+def dataset(cache, cache_mb: int):
     cfg = load_config(overrides=[f"data.source={cache}", f"data.cache_mb={cache_mb}", *TINY])
     return build_pretrain_dataset(cfg)
 
@@ -61,7 +61,7 @@ def reads(monkeypatch):
 
 def entry_bytes(ds, index: int) -> int:
     pixels, _, tissue = ds.load(index)
-    return pixels.nbytes + tissue.nbytes
+    return image_dataset.entry_nbytes(pixels, tissue)
 
 
 def test_an_image_seen_again_is_not_decoded_again(cache, reads):
@@ -115,6 +115,6 @@ def test_tiny_cpu_holds_mini_mias_whole_images():
     each step then decodes nothing after the first pass (13% of the step time on one AVX2 core)."""
     pixels = np.zeros((1024, 1024), np.uint16)
     tissue = TissueMap.from_mask(np.ones((1024, 1024), np.uint8), pixels, 65535.0)
-    per_image = pixels.nbytes + tissue.nbytes
+    per_image = image_dataset.entry_nbytes(pixels, tissue)
     budget = Settings.from_config(load_config(preset="tiny-cpu")).data.cache_mb * 2**20
     assert 322 * per_image <= budget

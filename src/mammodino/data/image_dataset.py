@@ -88,6 +88,11 @@ def compute_breast_mask(pixels: np.ndarray, intensity_max: float) -> np.ndarray:
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST)
 
 
+def entry_nbytes(pixels: np.ndarray, tissue: TissueMap) -> int:
+    """Memory one cached image holds: its pixels, breast mask and integral image."""
+    return pixels.nbytes + tissue.nbytes
+
+
 class PretrainDataset(torch.utils.data.Dataset):
     """Pretraining samples of a list of images (with cached or computed breast masks)."""
 
@@ -150,14 +155,15 @@ class PretrainDataset(torch.utils.data.Dataset):
                 record.image, "breast mask is empty", "check the image or mask"
             )
         entry = (pixels, intensity_max, tissue)
-        self._remember(index, entry, pixels.nbytes + tissue.nbytes)
+        self._remember(index, entry)
         return entry
 
-    def _remember(self, index: int, entry: tuple, nbytes: int) -> None:
+    def _remember(self, index: int, entry: tuple[np.ndarray, float, TissueMap]) -> None:
+        nbytes = entry_nbytes(entry[0], entry[2])
         if nbytes > self.cache_bytes:
             return
         self._cache[index] = entry
         self._cached_bytes += nbytes
         while self._cached_bytes > self.cache_bytes:
             _, (pixels, _, tissue) = self._cache.popitem(last=False)
-            self._cached_bytes -= pixels.nbytes + tissue.nbytes
+            self._cached_bytes -= entry_nbytes(pixels, tissue)

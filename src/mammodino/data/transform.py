@@ -101,6 +101,7 @@ class PretrainTransform:
         c = self.crops
         scale = np.float32(1.0 / intensity_max)
         globals_, tissues, masks = [], [], []
+        weighted = uses_patch_brightness(self.masking)
         for i, (box, flip) in enumerate(zip(plan.global_boxes, plan.global_flips, strict=True)):
             crop = resize_crop(image, box, c.global_size).astype(np.float32) * scale
             patch_tissue = patch_tissue_fractions(
@@ -108,7 +109,6 @@ class PretrainTransform:
             )
             if flip:
                 crop, patch_tissue = vflip(crop), vflip(patch_tissue)
-            weighted = uses_patch_brightness(self.masking)
             brightness = patch_means(crop, self.patch_size) if weighted else None
             globals_.append(augment_intensity(crop, aug_rng, self.augment, "global", i))
             tissues.append(patch_tissue)
