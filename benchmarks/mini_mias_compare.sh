@@ -3,10 +3,13 @@
 # DINOv2 recipe at equal compute, random init and hand-crafted features; 5-fold patient-level CV.
 #   bash benchmarks/mini_mias_compare.sh [WORK_DIR] [MINUTES] [SEEDS] [CACHE] [OVERRIDES] [RECIPES]
 # Both pretraining runs make the same number of steps (tiny-cpu: 1200) with the same budget of
-# MINUTES each (a run that MINUTES cuts short is named before the tables: on an AVX2-only CPU
-# fp32 needs 60-70). With 2 or more cores they run side by side, each pinned to its own core with one
-# thread: as fast per run as one run on both cores (small ViTs do not scale past one thread) and
-# twice the throughput. Unpinned, two PyTorch thread pools spin against each other (~3x slower).
+# MINUTES each (a run that MINUTES cuts short is named before the tables). The runs go one after
+# the other, each with every core (PyTorch's threads, tiny-cpu's loader worker): on a 2-core AVX2
+# EPYC a step took 1.45 s on both cores against 2.61 s pinned to one, so a run reaches its 1200
+# steps in about 30 minutes there (a 2-core AMX Xeon, bf16: 0.77 s, 16 minutes). SIDE_BY_SIDE=1
+# runs two at a time instead, each pinned to its own core with one thread and no loader worker:
+# more steps per hour over many seeds, fewer per run (unpinned, two PyTorch thread pools spin
+# against each other, ~3x slower).
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes
 # from its last checkpoint). Features of a peer's run in WORK/feats/NAME (benchmarks/peer_lightly.py)
 # are evaluated with the same probes. SEEDS (default "0") repeats both pretrainings with each
@@ -67,20 +70,22 @@ PY
 common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.source=$WORK/cache"
         "monitor.labels=$MIAS/labels_per_image.csv" "optim.max_minutes=$MINUTES")
 cores=$(nproc)
+side_by_side=${SIDE_BY_SIDE:-0}
+[ "$cores" -ge 2 ] || side_by_side=0
 run_name() { [ "$2" = 0 ] && echo "$1" || echo "$1-seed$2"; }  # RECIPE SEED
 pretrain() {  # RECIPE SEED CORE
-  local name=$1 seed=$2 core=$3 pin=()
+  local name=$1 seed=$2 core=$3 pin=() workers=()
   local run="$WORK/runs/$(run_name "$name" "$seed")"
   [ -f "$run/done" ] && return 0
   local resume=(); [ -f "$run/checkpoints/last.pt" ] && resume=(--resume)
-  [ "$cores" -ge 2 ] && pin=(taskset -c "$core" env OMP_NUM_THREADS=1)
+  [ "$side_by_side" = 1 ] && pin=(taskset -c "$core" env OMP_NUM_THREADS=1) && workers=(data.num_workers=0)
   # shellcheck disable=SC2086
   "${pin[@]}" $BIN pretrain "${common[@]}" --output-dir "$run" "${resume[@]}" ${recipe[$name]} \
-    data.num_workers=0 "train.seed=$seed" "${overrides[@]}" > "$run.log" 2>&1
+    "${workers[@]}" "train.seed=$seed" "${overrides[@]}" > "$run.log" 2>&1
   touch "$run/done"
 }
 for seed in $SEEDS; do
-  if [ "$cores" -ge 2 ]; then  # two recipes at a time, one core each
+  if [ "$side_by_side" = 1 ]; then  # two recipes at a time, one core each
     for ((i = 0; i < ${#recipes[@]}; i += 2)); do
       pretrain "${recipes[i]}" "$seed" 0 & first=$!
       [ $((i + 1)) -lt ${#recipes[@]} ] && pretrain "${recipes[i + 1]}" "$seed" 1

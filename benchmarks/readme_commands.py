@@ -11,8 +11,9 @@ Each command runs as written, in a temporary folder (so relative paths such as `
   ViT with 32 px crops, batch 4 and 2 steps (`TINY_TRAIN`); the ablation's `--seeds` becomes 0,1
   (two seeds still give its tables over seeds);
 - `make TARGET` runs as `make -n TARGET` in the repository (the targets build a venv and run the
-  whole demo or suite); `bash benchmarks/*.sh` is checked with `bash -n` (a 40-minute run on real
-  data); `pip install` lines are not run (they need the network): both are listed as not run.
+  whole demo or suite); `bash benchmarks/*.sh` (with or without `NAME=value` settings in front)
+  is checked with `bash -n` (a 40-minute run on real data); `pip install` lines are not run (they
+  need the network): both are listed as not run.
 Exit code 0 when every command that ran exited 0.
 """
 
@@ -80,8 +81,9 @@ def plan(text: str, tmp: Path) -> Command:
         return Command(text, re.sub(r"^make\s", "make -n ", line), "repo", "dry run (make -n)")
     if "pip install" in line:
         return Command(text, None, "tmp", "not run: installs from the network")
-    if line.startswith("bash benchmarks/"):
-        script = line.split()[1]
+    shell_script = re.match(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*bash (benchmarks/\S+)", line)
+    if shell_script:  # environment settings in front (SIDE_BY_SIDE=1) change nothing here
+        script = shell_script.group(1)
         return Command(text, f"bash -n {script}", "repo", "syntax only (40 min on real data)")
     changes = []
     if "/data/" in line:

@@ -28,6 +28,12 @@ def test_every_readme_command_is_run_or_says_why_not(tmp_path):
     vits = next(p for p in plans if "--config vits14" in p.text)
     assert "# one GPU" in vits.text and "crops.global_size=32" in vits.run
     assert any("--config tiny-cpu" in p.text for p in plans)  # the CPU alternative
+    # A real-data script stays a syntax check with settings in front of it, as written.
+    prefixed = rc.plan(
+        "SIDE_BY_SIDE=1 X_Y=a bash benchmarks/mini_mias_compare.sh /tmp/w 30", tmp_path
+    )
+    assert prefixed.run == "bash -n benchmarks/mini_mias_compare.sh" and prefixed.cwd == "repo"
+    assert rc.plan("echo SIDE_BY_SIDE=1 bash benchmarks/x.sh", tmp_path).run.startswith("echo ")
 
 
 def test_readme_names_every_required_option_of_export():
