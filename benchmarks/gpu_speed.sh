@@ -10,6 +10,7 @@
 # the parts the benchmark uses need nothing more), and this package importable (pip install -e .,
 # or PYTHONPATH=src). A part that fails is recorded as failed; the others still run.
 set -uo pipefail
+{  # read whole before it runs: a file edited or pulled mid-run cannot change the run
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash benchmarks/gpu_speed.sh OUT.json [PYTHON]}
 PY=${2:-python3}
@@ -63,3 +64,5 @@ for row in result["kernels"]:
           f"{row['host_syncs']} host syncs per step")
 print(f"figures: {out}")
 PY
+exit
+}

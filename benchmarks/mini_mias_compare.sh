@@ -26,6 +26,7 @@
 # OVERRIDES and SEEDS as the comparison they belong to, and the tables pair each against mammodino.
 # Needs ../shared/data/mini-mias.
 set -euo pipefail
+{  # read whole before it runs: a file edited or pulled mid-run cannot change the run
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/mammodino-mias}
 MINUTES=${2:-30}
@@ -128,3 +129,5 @@ for feats in "$WORK"/feats/*/; do
     > "$WORK/eval/$name-loc.txt" 2>&1 || echo "$name: no localization ($(tail -1 "$WORK/eval/$name-loc.txt"))"
 done
 .venv/bin/python benchmarks/summarize_eval.py "$WORK/eval"
+exit
+}

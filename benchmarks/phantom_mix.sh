@@ -7,6 +7,7 @@
 # to WORK_DIR/runs/mammodino+phantoms and its features are evaluated with the same probes, so
 # summarize_eval.py prints it as one more row. Stages whose output exists are skipped.
 set -euo pipefail
+{  # read whole before it runs: a file edited or pulled mid-run cannot change the run
 cd "$(dirname "$0")/.."
 WORK=${1:?usage: phantom_mix.sh WORK_DIR [N_PHANTOMS] [MINUTES]}
 N=${2:-2000}
@@ -61,3 +62,5 @@ for task in density abnormal; do
     --output "$WORK/eval/$NAME-$task" > "$WORK/eval/$NAME-$task.txt"
 done
 .venv/bin/python benchmarks/summarize_eval.py "$WORK/eval"
+exit
+}
