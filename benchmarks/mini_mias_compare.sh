@@ -70,9 +70,8 @@ PY
 
 common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.source=$WORK/cache"
         "monitor.labels=$MIAS/labels_per_image.csv" "optim.max_minutes=$MINUTES")
-cores=$(nproc)
 side_by_side=${SIDE_BY_SIDE:-0}
-[ "$cores" -ge 2 ] || side_by_side=0
+[ "$(nproc)" -ge 2 ] || side_by_side=0
 run_name() { [ "$2" = 0 ] && echo "$1" || echo "$1-seed$2"; }  # RECIPE SEED
 pretrain() {  # RECIPE SEED CORE
   local name=$1 seed=$2 core=$3 pin=() workers=()

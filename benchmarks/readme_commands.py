@@ -83,8 +83,8 @@ def plan(text: str, tmp: Path) -> Command:
         return Command(text, None, "tmp", "not run: installs from the network")
     shell_script = re.match(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*bash (benchmarks/\S+)", line)
     if shell_script:  # environment settings in front (SIDE_BY_SIDE=1) change nothing here
-        script = shell_script.group(1)
-        return Command(text, f"bash -n {script}", "repo", "syntax only (40 min on real data)")
+        syntax_check = f"bash -n {shell_script.group(1)}"
+        return Command(text, syntax_check, "repo", "syntax only (40 min on real data)")
     changes = []
     if "/data/" in line:
         line = line.replace("/data/dicoms", str(tmp / "phantom")).replace("/data/", f"{tmp}/")
