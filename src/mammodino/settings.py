@@ -271,6 +271,7 @@ class DbtSettings(Section):
     patch_level: bool
     pair_size: int | None
     tissue_threshold: float
+    patient_pairs: bool
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ def collate_pretrain(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     masks_weight = per_crop.unsqueeze(-1).expand_as(masks)[masks]
     return {
         **collate_slice_pairs(samples, global_crops.shape[-1]),
+        **collate_partner_crops(samples, global_crops.shape[-1]),
         "global_crops": global_crops,
         "local_crops": local_crops,
         "masks": masks,
@@ -72,4 +73,26 @@ def collate_slice_pairs(samples: Sequence[dict[str, Any]], default_size: int) ->
         "slice_offset_mm": torch.tensor([float(s["slice_offset_mm"]) for s in pairs]),
         "slice_position_mm": torch.tensor([float(s["slice_position_mm"]) for s in pairs]),
         "slice_patch_tissue": torch.stack([s["slice_patch_tissue"] for s in pairs]),
+    }
+
+
+def collate_partner_crops(samples: Sequence[dict[str, Any]], default_size: int) -> dict[str, Any]:
+    """The patient-pair crops of a batch (data/patient_pairs.py; samples with a `partner_crop`).
+
+    `partner_crops` float32 [P, 1, S, S], `partner_rows` int64 [P] (the batch row of each crop's
+    sample) and `partner_groups` int64 [P] (its patient group). P = 0 when no sample has one.
+    """
+    rows = [i for i, s in enumerate(samples) if "partner_crop" in s]
+    if not rows:
+        return {
+            "partner_crops": torch.zeros(0, 1, default_size, default_size),
+            "partner_rows": torch.zeros(0, dtype=torch.long),
+            "partner_groups": torch.zeros(0, dtype=torch.long),
+        }
+    return {
+        "partner_crops": torch.stack([samples[i]["partner_crop"] for i in rows]),
+        "partner_rows": torch.tensor(rows, dtype=torch.long),
+        "partner_groups": torch.tensor(
+            [int(samples[i]["partner_group"]) for i in rows], dtype=torch.long
+        ),
     }

@@ -2,8 +2,9 @@
 
 A prepared cache (`mammodino prepare` OUT) or a plain folder of images gives a `PretrainDataset`
 (data/image_dataset.py); a cache with `data.dbt_fraction` > 0 gives the mixed FFDM + DBT set
-(data/dbt_dataset.py), whose sampler fixes the DBT share of each batch. Shard sources are streamed
-instead (data/shard_pretrain.py).
+(data/dbt_dataset.py), whose sampler fixes the DBT share of each batch; with `dbt.patient_pairs`
+an FFDM-only cache's samples carry a crop of another image of their patient
+(data/patient_pairs.py). Shard sources are streamed instead (data/shard_pretrain.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch.utils.data
 
 from mammodino.config import Config
 from mammodino.data.dbt_dataset import MixedPretrainDataset, build_mixed_dataset
+from mammodino.data.dbt_pairs import pair_transform
 from mammodino.data.image_dataset import ImageRecord, PretrainDataset
+from mammodino.data.patient_pairs import PartnerCrops, patient_groups
 from mammodino.data.resumable_sampler import ResumableSampler
 from mammodino.data.transform import PretrainTransform
 from mammodino.errors import ConfigError
@@ -45,20 +48,48 @@ def build_pretrain_dataset(
     if source is None:
         raise ConfigError("data.source is not set: give a prepared cache or a folder of images")
     folder = Path(source)
+    transform = PretrainTransform.from_settings(settings)
+    pairs = uses_patient_pairs(settings)
+    partners = None
     if folder.is_dir() and is_prepared_cache(folder):
         if settings.data.dbt_fraction > 0:
+            if pairs:
+                raise ConfigError(
+                    "dbt.patient_pairs is for FFDM-only runs; with data.dbt_fraction > 0 the "
+                    "DBT slice pairs feed the cross-slice loss: set dbt.patient_pairs=false"
+                )
             return build_mixed_dataset(settings, folder)
-        records = [ImageRecord.from_row(folder, row) for row in read_manifest(folder)]
+        rows = read_manifest(folder)
+        records = [ImageRecord.from_row(folder, row) for row in rows]
+        if pairs:
+            groups, partner_rows = patient_groups(rows)
+            partners = PartnerCrops(
+                pair_transform(transform, settings.dbt.pair_size),
+                groups,
+                partner_rows,
+                settings.train.seed,
+            )
     elif folder.is_dir():
+        if pairs:
+            raise ConfigError(
+                "dbt.patient_pairs needs a prepared cache (its manifest names each image's "
+                "patient): run `mammodino prepare` or set dbt.patient_pairs=false"
+            )
         records = list_image_folder(folder)
     else:
         raise ConfigError(f"data.source {str(folder)!r} is neither a prepared cache nor a folder")
     return PretrainDataset(
         records,
-        PretrainTransform.from_settings(settings),
+        transform,
         seed=settings.train.seed,
         cache_mb=settings.data.cache_mb,
+        partners=partners,
     )
+
+
+def uses_patient_pairs(settings: Settings) -> bool:
+    """Whether samples carry patient-pair crops: `dbt.patient_pairs` with the slice loss on."""
+    return settings.dbt.patient_pairs and settings.dbt.slice_loss_weight > 0
 
 
 def build_sampler(

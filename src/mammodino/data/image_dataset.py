@@ -5,6 +5,8 @@ pure function of (train.seed, epoch, image index): `__getitem__` takes a sample 
 `ResumableSampler` (data/resumable_sampler.py), which encodes the epoch, so loading is deterministic
 whatever the worker and resumable at any position. Each worker keeps decoded images and their
 integral images in a small LRU cache (`data.cache_mb`), so an image seen again costs no decoding.
+With `partners` (data/patient_pairs.py) a sample also carries a crop of another image of its
+patient, for the cross-slice loss.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import cv2
 import numpy as np
 import torch.utils.data
 
+from mammodino.data.patient_pairs import PartnerCrops
 from mammodino.data.resumable_sampler import split_key
 from mammodino.data.tissue_crops import TissueMap
 from mammodino.data.transform import PretrainTransform
@@ -102,11 +105,13 @@ class PretrainDataset(torch.utils.data.Dataset):
         transform: PretrainTransform,
         seed: int,
         cache_mb: float,
+        partners: PartnerCrops | None = None,
     ) -> None:
         if not records:
             raise ConfigError("the pretraining source holds no images")
         self.records = records
         self.transform = transform
+        self.partners = partners
         self.seed = int(seed)
         self.epoch = 0
         self.cache_bytes = int(cache_mb * 2**20)
@@ -134,7 +139,10 @@ class PretrainDataset(torch.utils.data.Dataset):
         if key < len(self.records):
             epoch = self.epoch
         pixels, intensity_max, tissue = self.load(index)
-        return self.transform(pixels, tissue, (self.seed, epoch, index), intensity_max, index)
+        sample = self.transform(pixels, tissue, (self.seed, epoch, index), intensity_max, index)
+        if self.partners is not None:
+            self.partners.add(sample, index, epoch, self.load)
+        return sample
 
     def load(self, index: int) -> tuple[np.ndarray, float, TissueMap]:
         """Raw pixels, their full-scale value and the tissue map of image `index` (LRU cached)."""

@@ -80,6 +80,27 @@ class SliceContrastLoss(nn.Module):
             + self._patch_info_nce(student_b, teacher_a, valid)
         )
 
+    def forward_partners(
+        self, student: torch.Tensor, teacher: torch.Tensor, groups: torch.Tensor
+    ) -> torch.Tensor:
+        """InfoNCE of anchors [V * P, D] (V views of P samples, view-major) against targets [P, D].
+
+        Anchor k's positive is target k mod P (a crop of another image of the same patient);
+        targets of other patient `groups` [P] are its negatives, those of its own patient are left
+        out. Averaged over the anchors.
+        """
+        n_targets = teacher.shape[0]
+        if student.shape[0] % n_targets or student.shape[1:] != teacher.shape[1:]:
+            raise ConfigError("patient pairs: student anchors and teacher targets do not match")
+        u = F.normalize(student.float(), dim=-1)
+        w = F.normalize(teacher.detach().float(), dim=-1)
+        logits = u @ w.t() / self.temperature  # [V * P, P]
+        labels = torch.arange(n_targets, device=logits.device).repeat(student.shape[0] // n_targets)
+        groups = groups.to(logits.device)
+        allowed = groups[labels].unsqueeze(1) != groups.unsqueeze(0)
+        allowed[torch.arange(labels.numel(), device=logits.device), labels] = True
+        return F.cross_entropy(logits.masked_fill(~allowed, float("-inf")), labels)
+
     def _patch_info_nce(
         self, anchors: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None
     ) -> torch.Tensor:

@@ -7,7 +7,8 @@ the three named steps of a training iteration, as DINOv3 splits them:
 2. `get_student_output`: the student sees masked global crops and the local crops.
 3. `compute_losses`: DINO (CLS, cross-view), iBOT (masked tissue tokens), KoLeo (student CLS of
    each global crop), with `dbt.slice_loss_weight` > 0 the DBT cross-slice InfoNCE of the
-   batch's slice pairs (train/slice_objective.py), weighted into `loss`.
+   batch's slice pairs (train/slice_objective.py), weighted into `loss`; with
+   `dbt.patient_pairs` the same InfoNCE between images of one woman (`loss/pair`).
 
 Everything in a micro-batch stays in that micro-batch: centering/Sinkhorn normalise over its
 crops and tokens, KoLeo looks for neighbours among its images. Gradient accumulation therefore
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from mammodino.config import Config
+from mammodino.errors import ConfigError
 from mammodino.losses import DINOLoss, IBOTPatchLoss, KoLeoLoss, build_centering
 from mammodino.models.heads import DINOHead
 from mammodino.models.vit import build_vit, compile_blocks
@@ -93,13 +95,24 @@ class MammoDINO(nn.Module):
         # and teacher, so EMA, optimiser groups and checkpoints cover them. Weight 0 builds none,
         # and so does data.dbt_fraction=0: such batches never carry slice pairs (FFDM-only runs
         # keep their parameters and checkpoint layout).
+        # Patient pairs (dbt.patient_pairs, FFDM only) use the same heads and weight as `pair`.
         self.slice_objective = None
-        if s.dbt.slice_loss_weight > 0 and s.data.dbt_fraction > 0:
+        self.slice_pairs = s.dbt.slice_loss_weight > 0 and s.data.dbt_fraction > 0
+        self.patient_pairs = s.dbt.slice_loss_weight > 0 and s.dbt.patient_pairs
+        if self.patient_pairs and s.dbt.patch_level:
+            raise ConfigError(
+                "dbt.patch_level aligns the tokens of two slices of one volume; the images of a "
+                "patient pair are not aligned: set dbt.patch_level=false"
+            )
+        if self.slice_pairs or self.patient_pairs:
             self.slice_objective = SliceObjective.from_settings(
                 s.dbt, s.masking.patch_tissue_threshold, backbone.embed_dim
             )
             self.slice_objective.attach(self.student, self.teacher)
+        if self.slice_pairs:
             self.weights["slice"] = s.dbt.slice_loss_weight
+        if self.patient_pairs:
+            self.weights["pair"] = s.dbt.slice_loss_weight
         self.dino_centering = build_centering(
             dino.centering, heads.dino_out_dim, dino.center_momentum, dino.sinkhorn_iterations
         )
@@ -205,9 +218,13 @@ class MammoDINO(nn.Module):
         # DINOv2: KoLeo within each global crop's batch, summed over the global crops.
         koleo = sum(self.koleo_loss(c) for c in student["global_cls"].chunk(n_global))
         terms = {"dino": dino, "ibot": ibot, "koleo": koleo}
-        if self.slice_objective is not None:
+        if self.slice_pairs:
             terms["slice"] = self.slice_objective(
                 self.student["backbone"], self.teacher["backbone"], batch
+            )
+        if self.patient_pairs:
+            terms["pair"] = self.slice_objective.forward_partners(
+                student["global_cls"], self.teacher["backbone"], batch
             )
         total = sum(self.weights[name] * value for name, value in terms.items())
         return {"loss": total, **{f"loss/{name}": value for name, value in terms.items()}}

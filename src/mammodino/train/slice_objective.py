@@ -10,6 +10,11 @@ adds `SliceContrastLoss.forward_patches` on corresponding patch tokens (same box
 n of slice k lies over token n of slice k + d); the other tissue tokens of the pair are the
 negatives (tissue: `masking.patch_tissue_threshold` of `batch["slice_patch_tissue"]`).
 
+With `dbt.patient_pairs` (FFDM only, data/patient_pairs.py) `forward_partners` is the same
+InfoNCE with another image of the same woman as the positive: the student's CLS of each global
+crop (already computed for DINO) against the teacher's CLS of a partner crop; other women's
+partner crops in the batch are the negatives.
+
 The teacher head follows the student head by EMA exactly like the rest of the teacher: `attach`
 registers the heads as `student["slice_head"]` and `teacher["slice_head"]` of the meta
 architecture, and `train/ema.py:ema_update` walks every named parameter of the student, so the
@@ -103,6 +108,29 @@ class SliceObjective(nn.Module):
                 batch.get("slice_patch_tissue"),
             )
         return loss
+
+    def forward_partners(
+        self, student_cls: torch.Tensor, teacher_backbone: nn.Module, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """Patient-pair loss: each global crop's student CLS against the teacher's partner crop.
+
+        `student_cls` [n_global * B, D] is the student's CLS of the batch's global crops
+        (crop-major). Only the teacher runs on `batch["partner_crops"]` (no gradient), so the term
+        costs one teacher pass at `dbt.pair_size` per pair. 0 (still in the graph) if P < 2.
+        """
+        crops = batch["partner_crops"]
+        if crops.shape[0] < 2:
+            return sum(p.sum() for p in self.student_head.parameters()) * 0.0
+        with torch.no_grad():
+            teacher = teacher_backbone.forward_features(crops)["x_norm_clstoken"]
+            targets = self.teacher_head(teacher)
+        rows = batch["partner_rows"].to(student_cls.device)
+        batch_size = int(batch["batch_size"])
+        views = student_cls.shape[0] // batch_size
+        anchors = torch.cat([student_cls[rows + v * batch_size] for v in range(views)])
+        return self.loss.forward_partners(
+            self.student_head(anchors), targets, batch["partner_groups"]
+        )
 
     def _pair_loss(
         self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor
