@@ -95,7 +95,7 @@ class MammoDINO(nn.Module):
         # and teacher, so EMA, optimiser groups and checkpoints cover them. Weight 0 builds none,
         # and so does data.dbt_fraction=0: such batches never carry slice pairs (FFDM-only runs
         # keep their parameters and checkpoint layout).
-        # Patient pairs (dbt.patient_pairs, FFDM only) use the same heads and weight as `pair`.
+        # Patient pairs (dbt.patient_pairs, FFDM only) share its heads and weight, logged as `pair`.
         self.slice_objective = None
         self.slice_pairs = s.dbt.slice_loss_weight > 0 and s.data.dbt_fraction > 0
         self.patient_pairs = s.dbt.slice_loss_weight > 0 and s.dbt.patient_pairs
