@@ -364,6 +364,20 @@ def dbt_extra(laterality: str = "L", slice_spacing_mm: float = 1.0) -> dict:
 # ---------------------------------------------------------------- models and runs
 
 
+# A ViT-Tiny of patch 8 with small DINO and slice heads: the model of the slice-loss tests.
+TINY_SLICE_MODEL = [
+    "model.arch=vit_tiny",
+    "model.patch_size=8",
+    "model.num_register_tokens=0",
+    "heads.dino_out_dim=32",
+    "heads.ibot_out_dim=32",
+    "heads.dino_hidden_dim=16",
+    "heads.dino_bottleneck_dim=8",
+    "dbt.proj_dim=16",
+    "dbt.proj_hidden_dim=32",
+]
+
+
 def tiny_vit(**kwargs):
     """A seeded 2-block ViT (56 px, patch 14, width 48) with non-trivial tokens and layer scales."""
     import torch

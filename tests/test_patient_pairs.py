@@ -10,7 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import disc_breast, prepared_columns, write_cache, write_mixed_cache
+from helpers import (
+    TINY_SLICE_MODEL,
+    disc_breast,
+    prepared_columns,
+    write_cache,
+    write_mixed_cache,
+)
 from mammodino.config import load_config
 from mammodino.data.collate import collate_pretrain
 from mammodino.data.dataset import build_pretrain_dataset
@@ -31,18 +37,10 @@ PLAIN = [
     "augment.solarize_p=0",
 ]
 TINY = [
+    *TINY_SLICE_MODEL,
     "crops.global_size=32",
     "crops.local_size=16",
     "crops.n_local=2",
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=0",
-    "heads.dino_out_dim=32",
-    "heads.ibot_out_dim=32",
-    "heads.dino_hidden_dim=16",
-    "heads.dino_bottleneck_dim=8",
-    "dbt.proj_dim=16",
-    "dbt.proj_hidden_dim=32",
     "dbt.pair_size=16",
 ]
 PAIRS = ["dbt.patient_pairs=true", "dbt.slice_loss_weight=1.0"]

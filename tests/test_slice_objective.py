@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from helpers import TINY_SLICE_MODEL
 from mammodino.config import load_config
 from mammodino.losses.slice_contrast import SliceContrastLoss, slice_negative_mask
 from mammodino.models.vit import build_vit
@@ -17,19 +18,7 @@ from mammodino.train.meta_arch import MammoDINO
 from mammodino.train.param_groups import build_param_groups
 from mammodino.train.slice_objective import SliceObjective
 
-TINY = [
-    "model.arch=vit_tiny",
-    "model.patch_size=8",
-    "model.num_register_tokens=0",
-    "model.drop_path_rate=0.0",
-    "crops.global_size=32",
-    "heads.dino_out_dim=32",
-    "heads.ibot_out_dim=32",
-    "heads.dino_hidden_dim=16",
-    "heads.dino_bottleneck_dim=8",
-    "dbt.proj_dim=16",
-    "dbt.proj_hidden_dim=32",
-]
+TINY = [*TINY_SLICE_MODEL, "model.drop_path_rate=0.0", "crops.global_size=32"]
 
 
 def tiny_backbones() -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -91,8 +91,7 @@ class SliceObjective(nn.Module):
         pairs = batch["slice_pairs"]
         n_pairs = pairs.shape[1]
         if n_pairs < 2:
-            # One pair has no negative; a zero tied to the head keeps every rank's graph alike (DDP).
-            return sum(p.sum() for p in self.student_head.parameters()) * 0.0
+            return self._no_loss()
         crops = pairs.flatten(0, 1)  # [2P, 1, S, S]: all first slices, then all second slices
         student = student_backbone.forward_features(crops)
         with torch.no_grad():
@@ -120,17 +119,23 @@ class SliceObjective(nn.Module):
         """
         crops = batch["partner_crops"]
         if crops.shape[0] < 2:
-            return sum(p.sum() for p in self.student_head.parameters()) * 0.0
+            return self._no_loss()
         with torch.no_grad():
             teacher = teacher_backbone.forward_features(crops)["x_norm_clstoken"]
             targets = self.teacher_head(teacher)
         rows = batch["partner_rows"].to(student_cls.device)
         batch_size = int(batch["batch_size"])
-        views = student_cls.shape[0] // batch_size
-        anchors = torch.cat([student_cls[rows + v * batch_size] for v in range(views)])
+        anchors = torch.cat([student_cls[rows + v * batch_size] for v in range(batch["n_global"])])
         return self.loss.forward_partners(
             self.student_head(anchors), targets, batch["partner_groups"]
         )
+
+    def _no_loss(self) -> torch.Tensor:
+        """0 for a batch with fewer than two pairs (one pair has no negative).
+
+        Tied to the student head, so every rank's graph stays alike under DDP.
+        """
+        return sum(p.sum() for p in self.student_head.parameters()) * 0.0
 
     def _pair_loss(
         self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor
