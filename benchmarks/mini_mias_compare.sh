@@ -9,7 +9,11 @@
 # steps in about 30 minutes there (a 2-core AMX Xeon, bf16: 0.77 s, 16 minutes). SIDE_BY_SIDE=1
 # runs two at a time instead, each pinned to its own core with one thread and no loader worker:
 # more steps per hour over many seeds, fewer per run (unpinned, two PyTorch thread pools spin
-# against each other, ~3x slower).
+# against each other, ~3x slower). PARALLEL=N runs N jobs at a time at each stage (pretrainings,
+# embeddings, evaluations), each with one PyTorch thread: for a GPU machine with many cores, where
+# pretraining and embedding use the GPU (one H200 with 16 cores ran eight 1200-step runs at a time,
+# 141-156 s each with the online monitor off). A job that fails lets the others of its stage
+# finish, then stops the script.
 # Stages whose output exists are skipped, so a rerun resumes (a pretraining run cut short resumes
 # from its last checkpoint). Features of a peer's run in WORK/feats/NAME (benchmarks/peer_lightly.py)
 # are evaluated with the same probes. SEEDS (default "0") repeats both pretrainings with each
@@ -46,6 +50,8 @@ esac
 declare -A recipe=([mammodino]="" [dinov2-recipe]="crops.sampler=random masking.mode=random dbt.slice_loss_weight=0"
                    [mammodino-random-crops]="crops.sampler=random"
                    [mammodino-random-masking]="masking.mode=random")
+parallel=${PARALLEL:-1}
+[[ $parallel =~ ^[1-9][0-9]*$ ]] || { echo "PARALLEL must be a positive number, got '$parallel'"; exit 2; }
 read -r -a recipes <<< "${6:-mammodino dinov2-recipe}"
 for name in "${recipes[@]}"; do
   [ -n "${recipe[$name]+set}" ] || { echo "unknown recipe '$name' (known: ${!recipe[*]})"; exit 2; }
@@ -72,6 +78,19 @@ common=(--config tiny-cpu --no-progress "data.source=$WORK/cache" "monitor.sourc
         "monitor.labels=$MIAS/labels_per_image.csv" "optim.max_minutes=$MINUTES")
 side_by_side=${SIDE_BY_SIDE:-0}
 [ "$(nproc)" -ge 2 ] || side_by_side=0
+[ "$side_by_side" = 1 ] && [ "$parallel" -gt 1 ] && { echo "give SIDE_BY_SIDE=1 or PARALLEL, not both"; exit 2; }
+pids=()
+spawn() {  # COMMAND...: run it, in the background when PARALLEL > 1 (at most PARALLEL at a time)
+  if [ "$parallel" = 1 ]; then "$@"; return; fi
+  (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; "$@") & pids+=($!)
+  while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do wait -n || true; done
+}
+drain() {  # wait for the stage's background jobs; stop the script if one of them failed
+  local pid failed=0
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  pids=()
+  [ "$failed" = 0 ] || { echo "a job failed: see its log ($WORK/runs/*.log, $WORK/eval/*.txt)"; exit 1; }
+}
 run_name() { [ "$2" = 0 ] && echo "$1" || echo "$1-seed$2"; }  # RECIPE SEED
 pretrain() {  # RECIPE SEED CORE
   local name=$1 seed=$2 core=$3 pin=() workers=()
@@ -92,9 +111,10 @@ for seed in $SEEDS; do
       wait $first
     done
   else
-    for name in "${recipes[@]}"; do pretrain "$name" "$seed" 0; done
+    for name in "${recipes[@]}"; do spawn pretrain "$name" "$seed" 0; done
   fi
 done
+drain
 # A run that MINUTES cut short is not the schedule's result (an AVX2-only CPU trains fp32 at about
 # half the bf16 speed of an AVX-512-BF16 one): say so before its figures.
 for log in "$WORK"/runs/*.log; do
@@ -107,16 +127,20 @@ for seed in $SEEDS; do
     weights[$(run_name $name "$seed")]="$WORK/runs/$(run_name $name "$seed")"
   done
 done
+# Embeddings on the GPU where pretraining had one (train.device auto), else on the CPU.
+device=$(.venv/bin/python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 for name in "${!weights[@]}"; do
-  [ -f "$WORK/feats/$name/features.npz" ] || $BIN embed --weights "${weights[$name]}" \
-    --image-size 128 --input "$WORK/cache" --output "$WORK/feats/$name" --patch-grid --no-progress
+  [ -f "$WORK/feats/$name/features.npz" ] || spawn $BIN embed --weights "${weights[$name]}" \
+    --image-size 128 --input "$WORK/cache" --output "$WORK/feats/$name" --patch-grid --no-progress \
+    --device "$device"
 done
 [ -f "$WORK/feats/hand-crafted/features.npz" ] || \
-  .venv/bin/python -m mammodino.eval.handcrafted "$WORK/cache" "$WORK/feats/hand-crafted"
+  spawn .venv/bin/python -m mammodino.eval.handcrafted "$WORK/cache" "$WORK/feats/hand-crafted"
+drain
 
-for feats in "$WORK"/feats/*/; do
-  name=$(basename "$feats")
-  std=(); [ "$name" = hand-crafted ] && std=(--knn-standardize)
+evaluate() {  # FEATURES_NAME: density and abnormal probes, localization
+  local name=$1 task std=()
+  [ "$name" = hand-crafted ] && std=(--knn-standardize)
   for task in density abnormal; do
     [ -f "$WORK/eval/$name-$task/results.json" ] || $BIN eval --features "$WORK/feats/$name" \
       --labels "$WORK/labels.csv" --task $task --protocol knn logreg "${std[@]}" \
@@ -126,7 +150,9 @@ for feats in "$WORK"/feats/*/; do
   [ -f "$WORK/eval/$name-loc/results.json" ] || $BIN eval --features "$WORK/feats/$name" \
     --labels "$WORK/labels.csv" --localization --output "$WORK/eval/$name-loc" \
     > "$WORK/eval/$name-loc.txt" 2>&1 || echo "$name: no localization ($(tail -1 "$WORK/eval/$name-loc.txt"))"
-done
+}
+for feats in "$WORK"/feats/*/; do spawn evaluate "$(basename "$feats")"; done
+drain
 .venv/bin/python benchmarks/summarize_eval.py "$WORK/eval"
 exit
 }
