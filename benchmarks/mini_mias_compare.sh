@@ -127,12 +127,9 @@ for seed in $SEEDS; do
     weights[$(run_name $name "$seed")]="$WORK/runs/$(run_name $name "$seed")"
   done
 done
-# Embeddings on the GPU where pretraining had one (train.device auto), else on the CPU.
-device=$(.venv/bin/python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
 for name in "${!weights[@]}"; do
   [ -f "$WORK/feats/$name/features.npz" ] || spawn $BIN embed --weights "${weights[$name]}" \
-    --image-size 128 --input "$WORK/cache" --output "$WORK/feats/$name" --patch-grid --no-progress \
-    --device "$device"
+    --image-size 128 --input "$WORK/cache" --output "$WORK/feats/$name" --patch-grid --no-progress
 done
 [ -f "$WORK/feats/hand-crafted/features.npz" ] || \
   spawn .venv/bin/python -m mammodino.eval.handcrafted "$WORK/cache" "$WORK/feats/hand-crafted"

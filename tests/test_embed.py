@@ -78,6 +78,23 @@ def test_embed_command_resumes_to_identical_features(tmp_path):
     np.testing.assert_array_equal(load_features(tmp_path / "a").cls, first.cls)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_embed_on_cuda_without_one_is_one_line(tmp_path, capsys):
+    """The default (auto) embeds on the CPU here; asking for CUDA says what to give instead."""
+    _tiny_cache(tmp_path / "cache")
+    args = ["embed", "--weights", "random:vit_tiny/16", "--image-size", "32", "--no-progress"]
+    args += ["--input", str(tmp_path / "cache")]
+    assert main([*args, "--output", str(tmp_path / "auto")]) == 0
+    assert load_features(tmp_path / "auto").cls.shape == (5, 192)
+    capsys.readouterr()
+    assert main([*args, "--output", str(tmp_path / "cuda"), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "mammodino embed: error: --device=cuda but no CUDA device is visible; use --device=cpu"
+    )
+    assert not (tmp_path / "cuda").exists()
+
+
 def test_unknown_weights_give_clear_error(tmp_path):
     from mammodino.errors import CheckpointError
 

@@ -26,7 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int, help="input side in pixels (default: trained)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--patch-grid", action="store_true", help="also save the patch grid")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...",
+    )
     parser.add_argument("--salt", help="salt of ids for a folder input")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -54,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mammodino.eval.backbone import load_backbone
     from mammodino.eval.embedding_run import embed_rows, folder_rows, set_inference_threads
+    from mammodino.train.hardware import resolve_device
 
+    device = resolve_device(args.device, "--device")
     set_inference_threads()
     if cached:
         cache = cache_folder(source)
@@ -65,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         rows, images = folder_rows(source, args.salt)
         image_at = images.__getitem__
-    backbone = load_backbone(args.weights, args.image_size, args.device)
+    backbone = load_backbone(args.weights, args.image_size, device)
     with Progress(disable=args.no_progress) as bar:
         task = bar.add_task("embed", total=len(rows))
         path = embed_rows(

@@ -28,12 +28,12 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> CUDA when present, else CPU."""
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
+    """`auto` -> CUDA when present, else CPU; SETTING names the option in the error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device=cuda but no CUDA device is visible; use train.device=cpu")
+        raise ConfigError(f"{setting}=cuda but no CUDA device is visible; use {setting}=cpu")
     return torch.device(name)
 
 
