@@ -273,6 +273,11 @@ class DbtSettings(Section):
     tissue_threshold: float
     patient_pairs: bool
 
+    @property
+    def uses_patient_pairs(self) -> bool:
+        """Whether samples carry patient-pair crops: `patient_pairs` with the slice loss on."""
+        return self.patient_pairs and self.slice_loss_weight > 0
+
 
 @dataclass(frozen=True)
 class HealthSettings(Section):

@@ -49,7 +49,7 @@ def build_pretrain_dataset(
         raise ConfigError("data.source is not set: give a prepared cache or a folder of images")
     folder = Path(source)
     transform = PretrainTransform.from_settings(settings)
-    pairs = uses_patient_pairs(settings)
+    pairs = settings.dbt.uses_patient_pairs
     partners = None
     if folder.is_dir() and is_prepared_cache(folder):
         if settings.data.dbt_fraction > 0:
@@ -85,11 +85,6 @@ def build_pretrain_dataset(
         cache_mb=settings.data.cache_mb,
         partners=partners,
     )
-
-
-def uses_patient_pairs(settings: Settings) -> bool:
-    """Whether samples carry patient-pair crops: `dbt.patient_pairs` with the slice loss on."""
-    return settings.dbt.patient_pairs and settings.dbt.slice_loss_weight > 0
 
 
 def build_sampler(

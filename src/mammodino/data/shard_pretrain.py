@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from mammodino.config import Config
-from mammodino.data.dataset import uses_patient_pairs
 from mammodino.data.shard_stream import StreamingShardDataset
 from mammodino.data.shards import INDEX_NAME
 from mammodino.data.tissue_crops import TissueMap
@@ -61,7 +60,7 @@ def build_streaming_pretrain_dataset(
 ) -> StreamingShardDataset:
     """An endless (or `epochs`-long) stream of pretraining samples from shards."""
     settings = as_settings(cfg)
-    if uses_patient_pairs(settings):
+    if settings.dbt.uses_patient_pairs:
         raise ConfigError(
             "dbt.patient_pairs needs a prepared cache, not shards (a stream cannot fetch another "
             "image of the same patient): set dbt.patient_pairs=false"

@@ -98,7 +98,7 @@ class MammoDINO(nn.Module):
         # Patient pairs (dbt.patient_pairs, FFDM only) share its heads and weight, logged as `pair`.
         self.slice_objective = None
         self.slice_pairs = s.dbt.slice_loss_weight > 0 and s.data.dbt_fraction > 0
-        self.patient_pairs = s.dbt.slice_loss_weight > 0 and s.dbt.patient_pairs
+        self.patient_pairs = s.dbt.uses_patient_pairs
         if self.patient_pairs and s.dbt.patch_level:
             raise ConfigError(
                 "dbt.patch_level aligns the tokens of two slices of one volume; the images of a "
