@@ -1,3 +1,5 @@
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -138,3 +140,26 @@ def test_embed_chunks_are_keyed_on_the_weights_not_their_path(tmp_path, capsys):
     embed(weights, tmp_path / "clean")
     np.testing.assert_array_equal(load_features(tmp_path / "clean").cls, second)
     assert len(list((out / "parts").glob("part_*.npz"))) == 1  # the stale chunk is gone
+
+
+def test_embed_chunks_from_another_kind_of_device_are_not_reused(tmp_path, capsys):
+    """Chunks a GPU made (stood in for by their key) are not mixed with a CPU's on resume."""
+    _tiny_cache(tmp_path / "cache")
+    weights, out = tmp_path / "backbone.pth", tmp_path / "feats"
+    _save_tiny_vit(weights, seed=1)
+    argv = ["embed", "--weights", str(weights), "--image-size", "32", "--input",
+            str(tmp_path / "cache"), "--output", str(out), "--no-progress", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    key_file = out / "parts" / "key.json"
+    key = json.loads(key_file.read_text())
+    assert key["device"] == "cpu"
+    capsys.readouterr()
+
+    assert main(argv) == 0  # same device: every chunk reused
+    assert "starting over" not in capsys.readouterr().out
+
+    key_file.write_text(json.dumps({**key, "device": "cuda"}) + "\n")
+    assert main(argv) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "starting over" in line]
+    assert len(lines) == 1 and "device cuda -> cpu" in lines[0]
+    assert json.loads(key_file.read_text())["device"] == "cpu"

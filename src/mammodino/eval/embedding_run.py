@@ -69,7 +69,7 @@ def _chunk_tag(backbone: Backbone, ids: list[str], grid: bool) -> str:
 
 
 def _start_parts(parts: Path, backbone: Backbone, grid: bool) -> None:
-    """Keep finished chunks only if made with the same weights (by content) and settings.
+    """Keep finished chunks only if made with the same weights (by content), settings and device.
 
     Otherwise remove them, saying why in one line: features of a retrained run written to the
     same FEATS folder must never mix with the old run's.
@@ -78,6 +78,9 @@ def _start_parts(parts: Path, backbone: Backbone, grid: bool) -> None:
         "weights_sha256": backbone.weights_digest,
         "image_size": backbone.image_size,
         "patch_grid": grid,
+        # A GPU's features differ from a CPU's by rounding (TF32 convolutions among others): an
+        # embed interrupted on one and resumed on the other must not mix the two.
+        "device": backbone.device.type,
     }
     key_file = parts / PARTS_KEY
     old_parts = sorted(parts.glob("part_*.npz"))
