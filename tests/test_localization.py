@@ -85,8 +85,11 @@ def test_parse_lesions_and_mapping():
     assert shapes[1] == {"type": "box", "x0": 3.0, "y0": 0.0, "x1": 5.0, "y1": 2.0}
 
 
-def _synthetic(n_patients=30, grid=8, dim=16, seed=0):
-    """Two images per patient; half carry a lesion whose patches have a shifted token."""
+def _synthetic(n_patients=30, grid=8, dim=16, seed=0, fixed_lesion=None):
+    """Two images per patient; half carry a lesion whose patches have a shifted token.
+
+    `fixed_lesion` (x, y): every lesion there, and no token shifted (position is the only cue).
+    """
     rng = np.random.default_rng(seed)
     n = 2 * n_patients
     tokens = rng.normal(size=(n, grid, grid, dim)).astype(np.float16)
@@ -101,12 +104,13 @@ def _synthetic(n_patients=30, grid=8, dim=16, seed=0):
             }
         )
         if i % 2:
-            cx, cy = rng.integers(20, grid * 16 - 20, 2)
+            cx, cy = rng.integers(20, grid * 16 - 20, 2) if fixed_lesion is None else fixed_lesion
             shape = {"type": "circle", "x": int(cx), "y": int(cy), "r": 12}
             mask = lesion_patch_mask(
                 shapes_to_grid([shape], meta[-1], grid, grid, lambda m, x, y: (x, y)), grid, grid
             )
-            tokens[i][mask, :4] += 3.0
+            if fixed_lesion is None:
+                tokens[i][mask, :4] += 3.0
             rows.append({"lesions": json.dumps([shape])})
         else:
             rows.append({"lesions": "[]"})
@@ -131,10 +135,27 @@ def test_patch_probe_finds_constructed_lesions():
     assert result["hit_rate"]["value"] >= 0.9
     assert result["patch_auroc"]["value"] > 0.95
     assert 0.0 < result["hit_rate_chance"] < 0.5
+    # Lesions anywhere: where they usually are says little next to what the tokens say.
+    prior = result["position_prior"]
+    assert prior["hit_rate"] < 0.6 and prior["patch_auroc"] < 0.8
     for key in ("hit_rate", "patch_auroc"):
         low, high = result[key]["ci95"]
         assert low <= result[key]["value"] <= high
     assert arrays["heatmaps"].shape == (59, 8, 8) and len(arrays["ids"]) == 59
+
+
+def test_position_prior_is_what_position_alone_gives():
+    """Every lesion at one place, tokens pure noise: the prior finds them, the probe's lead is 0."""
+    feats, rows, patients = _synthetic(fixed_lesion=(40, 72))
+    result, _ = evaluate_localization(
+        feats, rows, patients, n_folds=3, seed=0, n_boot=0, to_cache=lambda m, x, y: (x, y)
+    )
+    prior = result["position_prior"]
+    assert prior["hit_rate"] == 1.0
+    assert prior["patch_auroc"] > 0.95
+    # The probe sees noise tokens only (no position): about chance, far below the prior.
+    assert result["patch_auroc"]["value"] < 0.65
+    assert result["patch_auroc"]["value"] < prior["patch_auroc"] - 0.3
 
 
 def test_localization_needs_patch_grid():

@@ -22,6 +22,7 @@ from mammodino.report.results import (
     by_task,
     comparison_rows,
     find_results,
+    localization_rows,
     oof_roc,
     roc_points,
 )
@@ -86,6 +87,21 @@ def test_oof_roc_reads_the_positive_class_from_predictions(tmp_path):
     fpr, tpr = oof_roc(EvalResult("b", tmp_path, result("b", 0.75, (0, 1))), "knn")
     np.testing.assert_allclose(fpr, [0, 0, 0.5, 0.5, 1.0])
     np.testing.assert_allclose(tpr, [0, 0.5, 0.5, 1.0, 1.0])
+
+
+def test_localization_rows_show_the_position_prior_beside_each_backbone(tmp_path):
+    loc = {"n_images_with_lesions": 7, "hit_rate": {"value": 0.5}, "patch_auroc": {"value": 0.8}}
+    prior = {"position_prior": {"hit_rate": 0.6489, "patch_auroc": 0.8371}}
+    rows = localization_rows(
+        [
+            EvalResult("random-init", tmp_path, {"localization": {**loc, **prior}}),
+            EvalResult("older", tmp_path, {"localization": loc}),  # made before the prior
+            EvalResult("no-loc", tmp_path, {"task": "density"}),
+        ]
+    )
+    assert [r["backbone"] for r in rows] == ["random-init", "older"]
+    assert [r["position_prior"] for r in rows] == ["0.649 / 0.837", "-"]
+    assert rows[0]["images"] == 7 and rows[0]["hit_rate"] == "0.500"
 
 
 def _tiny_backbone(size: int = 32) -> Backbone:

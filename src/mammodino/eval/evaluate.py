@@ -302,10 +302,13 @@ def print_table(results: dict) -> None:
         table.add_column("hit rate (pointing game, ±1 patch)")
         table.add_column("random pointer")
         table.add_column("patch AUROC")
+        table.add_column("position prior: hit rate / AUROC")
         chance = loc.get("hit_rate_chance")
+        prior = loc.get("position_prior")
         table.add_row(
             _fmt(loc["hit_rate"]),
             "-" if chance is None else f"{chance:.3f}",
             _fmt(loc["patch_auroc"]),
+            "-" if prior is None else f"{prior['hit_rate']:.3f} / {prior['patch_auroc']:.3f}",
         )
         console.print(table)

@@ -6,7 +6,10 @@ holding the lesion centre always is, so small calcifications count). Metrics on 
   patch; the hit rate is over images that have a lesion (`hit_rate_chance`: a uniformly random
   pointer's expected rate, for scale);
 - patch AUROC: lesion patches against all other patches of the held-out images (normal images
-  included, so the probe is also judged on the false alarms it raises there).
+  included, so the probe is also judged on the false alarms it raises there);
+- `position_prior`: both figures for a heat map that knows position only (the training images'
+  lesion frequency at each grid cell), so that a probe's lead over where lesions usually are
+  shows (a ViT's tokens carry their position: even a random-init one localizes above chance).
 
 Lesions come from the labels column `lesions` (JSON, original pixel coordinates):
 `[{"type": "circle", "x": col, "y": row, "r": radius}, {"type": "box", "x0":, "y0":, "x1":, "y1":}]`;
@@ -195,8 +198,10 @@ def evaluate_localization(
     fold = patient_folds(groups, has_lesion.astype(int), n_folds, seed)
     rng = np.random.default_rng(seed)
     heatmaps = np.zeros(masks.shape, dtype=np.float32)
+    priors = np.zeros(masks.shape, dtype=np.float32)
     for k in range(n_folds):
         train = np.flatnonzero(fold != k)
+        priors[fold == k] = masks[train].mean(axis=0)
         tokens, labels = [], []
         for t in train:
             pos = np.flatnonzero(masks[t].ravel())
@@ -235,6 +240,11 @@ def evaluate_localization(
         boots = min(n_boot, PATCH_BOOT_MAX)
         low, high, n_valid = bootstrap_ci(auroc, labels, scores, patch_groups, boots, seed)
         result["patch_auroc"].update(ci95=[low, high], n_boot=n_valid)
+    prior_hits = [pointing_hit(priors[t], masks[t]) for t in lesion_images]
+    result["position_prior"] = {
+        "hit_rate": float(np.mean(prior_hits)) if prior_hits else float("nan"),
+        "patch_auroc": auroc(labels, priors.ravel()) if np.isfinite(value) else float("nan"),
+    }
     result["per_fold"] = [
         {
             "fold": k,

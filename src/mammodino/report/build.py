@@ -236,12 +236,14 @@ def _section_evaluation(results: Sequence[EvalResult], runs: Sequence[RunFacts] 
     loc = localization_rows(results)
     if loc:
         out.append("<h3>lesion localization (patch-token probe)</h3>")
-        out.append(
-            H.table(
-                ["backbone", "images with lesions", "hit rate (pointing game)", "patch AUROC"],
-                [[r["backbone"], r["images"], r["hit_rate"], r["patch_auroc"]] for r in loc],
-            )
-        )
+        columns = {
+            "backbone": "backbone",
+            "images": "images with lesions",
+            "hit_rate": "hit rate (pointing game)",
+            "patch_auroc": "patch AUROC",
+            "position_prior": "position prior: hit rate / AUROC",
+        }
+        out.append(H.table(list(columns.values()), [[r[k] for k in columns] for r in loc]))
     return "\n".join(out)
 
 

@@ -196,7 +196,8 @@ def oof_roc(
 
 
 def localization_rows(results: Sequence[EvalResult]) -> list[dict]:
-    """Hit rate and patch AUROC (95% intervals) of every backbone that ran localization."""
+    """Hit rate and patch AUROC (95% intervals) of every backbone that ran localization, and
+    what the position prior scores on its grid."""
     rows = []
     for r in sorted(results, key=lambda r: backbone_order(r.backbone)):
         loc = r.data.get("localization")
@@ -208,6 +209,14 @@ def localization_rows(results: Sequence[EvalResult]) -> list[dict]:
                 "images": loc.get("n_images_with_lesions"),
                 "hit_rate": _cell(loc.get("hit_rate"))[1],
                 "patch_auroc": _cell(loc.get("patch_auroc"))[1],
+                "position_prior": _prior_text(loc.get("position_prior")),
             }
         )
     return rows
+
+
+def _prior_text(prior: dict | None) -> str:
+    """What position alone scores on the same grid and folds (results made before it: "-")."""
+    if not prior:
+        return "-"
+    return f"{prior['hit_rate']:.3f} / {prior['patch_auroc']:.3f}"
