@@ -67,7 +67,22 @@ def test_summary_table_has_one_row_per_backbone(tmp_path):
     assert lines[0].index("0.710") < lines[0].index("0.510 [0.100, 0.600]")
     assert "random-init" in lines[1] and "0.550" in lines[1] and "0.350" in lines[1]
     assert "chance level" in lines[2] and lines[2].count("0.250") == 2
-    assert "*" not in text
+    assert "*" not in text and "position prior" not in text
+    # A localization result adds its hit rate and, below chance level, the position prior's.
+    loc = {"hit_rate": {"value": 0.42, "ci95": [0.3, 0.5]}, "hit_rate_chance": 0.105}
+    loc["position_prior"] = {"hit_rate": 0.369, "patch_auroc": 0.759}
+    (tmp_path / "localization" / "mammodino").mkdir(parents=True)
+    (tmp_path / "localization" / "mammodino" / "results.json").write_text(
+        json.dumps({"features": "f/mammodino", "localization": loc})
+    )
+    console = Console(width=250, record=True)
+    console.print(summary_table(tmp_path))
+    lines = [ln for ln in console.export_text().splitlines() if "0." in ln]
+    last = [ln.strip("│ ").split("│")[-1].strip() for ln in lines]
+    assert "mammodino" in lines[0] and last[0] == "0.420 [0.300, 0.500]"
+    assert "chance level" in lines[2] and last[2] == "0.105"
+    assert "position prior" in lines[3] and last[3] == "0.369"
+    (tmp_path / "localization" / "mammodino" / "results.json").unlink()
     # eval's warning on random-init's kNN: its kNN cell is starred and the caption says why.
     data = json.loads((tmp_path / "density" / "random-init" / "results.json").read_text())
     data["warnings"] = ["kNN: the images' cls features are nearly identical"]

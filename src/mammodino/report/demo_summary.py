@@ -25,6 +25,7 @@ def summary_table(eval_dir: Path) -> Table:
     results = find_results([eval_dir]) if eval_dir.exists() else []
     cells: dict[str, dict[str, str]] = {}
     chance: dict[str, str] = {}
+    prior: str | None = None  # the position prior's hit rate (same grid and folds for all)
     flagged = False
     for r in sorted(results, key=lambda r: backbone_order(r.backbone)):
         row = cells.setdefault(r.backbone, {})
@@ -42,6 +43,8 @@ def summary_table(eval_dir: Path) -> Table:
             row["localization"] = _text(r.data["localization"].get("hit_rate"))
             level = r.data["localization"].get("hit_rate_chance")
             chance["localization"] = "-" if level is None else f"{level:.3f}"
+            if "position_prior" in r.data["localization"]:
+                prior = f"{r.data['localization']['position_prior']['hit_rate']:.3f}"
     table = Table(title="demo: patient-level 5-fold CV (pooled, 95% CI)")
     headers = [header for *_, header in COLUMNS]
     table.add_column("backbone")
@@ -53,6 +56,9 @@ def summary_table(eval_dir: Path) -> Table:
     if cells:
         # Balanced accuracy 1/classes, AUROC 0.5, a random pointer's hit rate.
         table.add_row("chance level", *(chance.get(k, "-") for k in keys), style="dim")
+    if prior is not None:
+        # Where lesions usually are, no features: what a probe must beat to show it sees them.
+        table.add_row("position prior", *(["-"] * len(headers)), prior, style="dim")
     if flagged:
         table.caption = (
             "* kNN on nearly identical features (a random-init ViT): float rounding picks the "
