@@ -92,15 +92,18 @@ def test_oof_roc_reads_the_positive_class_from_predictions(tmp_path):
 def test_localization_rows_show_the_position_prior_beside_each_backbone(tmp_path):
     loc = {"n_images_with_lesions": 7, "hit_rate": {"value": 0.5}, "patch_auroc": {"value": 0.8}}
     prior = {"position_prior": {"hit_rate": 0.6489, "patch_auroc": 0.8371}}
+    nan_prior = {"hit_rate": None, "patch_auroc": 0.5}
     rows = localization_rows(
         [
             EvalResult("random-init", tmp_path, {"localization": {**loc, **prior}}),
             EvalResult("older", tmp_path, {"localization": loc}),  # made before the prior
             EvalResult("no-loc", tmp_path, {"task": "density"}),
+            # No lesion image in the folds: NaN hit rate, null in results.json.
+            EvalResult("zz", tmp_path, {"localization": {**loc, "position_prior": nan_prior}}),
         ]
     )
-    assert [r["backbone"] for r in rows] == ["random-init", "older"]
-    assert [r["position_prior"] for r in rows] == ["0.649 / 0.837", "-"]
+    assert [r["backbone"] for r in rows] == ["random-init", "older", "zz"]
+    assert [r["position_prior"] for r in rows] == ["0.649 / 0.837", "-", "n/a / 0.500"]
     assert rows[0]["images"] == 7 and rows[0]["hit_rate"] == "0.500"
 
 

@@ -27,6 +27,7 @@ from mammodino.eval.labels_join import (
     read_labels_csv,
     resolve_patients,
 )
+from mammodino.eval.localization import evaluate_localization, position_prior_text
 from mammodino.eval.probes import KNNProbe, LinearProbe, LogRegProbe
 from mammodino.eval.splits import patient_folds
 
@@ -202,8 +203,6 @@ def evaluate(
             )
             results.update(figures)
         if settings.localization:
-            from mammodino.eval.localization import evaluate_localization
-
             job = bar.add_task("localization", total=settings.folds)
             results["localization"], arrays = evaluate_localization(
                 features,
@@ -304,11 +303,10 @@ def print_table(results: dict) -> None:
         table.add_column("patch AUROC")
         table.add_column("position prior: hit rate / AUROC")
         chance = loc.get("hit_rate_chance")
-        prior = loc.get("position_prior")
         table.add_row(
             _fmt(loc["hit_rate"]),
             "-" if chance is None else f"{chance:.3f}",
             _fmt(loc["patch_auroc"]),
-            "-" if prior is None else f"{prior['hit_rate']:.3f} / {prior['patch_auroc']:.3f}",
+            position_prior_text(loc.get("position_prior")),
         )
         console.print(table)

@@ -142,6 +142,20 @@ def _shapes_to_grid(shapes: Sequence[dict], to_grid) -> list:
     return out
 
 
+def position_prior_text(
+    prior: dict | None, keys: Sequence[str] = ("hit_rate", "patch_auroc")
+) -> str:
+    """`position_prior`'s figures `keys` joined by " / "; "-" for results made before it.
+
+    Undefined figures (no lesion image, or no lesion patch) are NaN in memory and null in
+    results.json: both print as "n/a".
+    """
+    if not prior:
+        return "-"
+    values = [prior.get(key) for key in keys]
+    return " / ".join("n/a" if v is None or v != v else f"{v:.3f}" for v in values)
+
+
 def fit_patch_probe(tokens: np.ndarray, labels: np.ndarray, seed: int = 0):
     """Standardised logistic regression on patch tokens [M, D] -> a scorer of [..., D] tokens."""
     from sklearn.linear_model import LogisticRegression

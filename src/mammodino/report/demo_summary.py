@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from mammodino.eval.localization import position_prior_text
 from mammodino.report.results import backbone_order, chance_level, find_results
 from mammodino.report.runs import SHORT_RUN_STEPS, format_minutes, run_facts
 
@@ -44,7 +45,7 @@ def summary_table(eval_dir: Path) -> Table:
             level = r.data["localization"].get("hit_rate_chance")
             chance["localization"] = "-" if level is None else f"{level:.3f}"
             if "position_prior" in r.data["localization"]:
-                prior = f"{r.data['localization']['position_prior']['hit_rate']:.3f}"
+                prior = position_prior_text(r.data["localization"]["position_prior"], ["hit_rate"])
     table = Table(title="demo: patient-level 5-fold CV (pooled, 95% CI)")
     headers = [header for *_, header in COLUMNS]
     table.add_column("backbone")

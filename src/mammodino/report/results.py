@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from mammodino.errors import EvaluationError
+from mammodino.eval.localization import position_prior_text
 
 METRICS = (
     ("auroc", "AUROC"),
@@ -209,14 +210,7 @@ def localization_rows(results: Sequence[EvalResult]) -> list[dict]:
                 "images": loc.get("n_images_with_lesions"),
                 "hit_rate": _cell(loc.get("hit_rate"))[1],
                 "patch_auroc": _cell(loc.get("patch_auroc"))[1],
-                "position_prior": _prior_text(loc.get("position_prior")),
+                "position_prior": position_prior_text(loc.get("position_prior")),
             }
         )
     return rows
-
-
-def _prior_text(prior: dict | None) -> str:
-    """What position alone scores on the same grid and folds (results made before it: "-")."""
-    if not prior:
-        return "-"
-    return f"{prior['hit_rate']:.3f} / {prior['patch_auroc']:.3f}"
