@@ -20,6 +20,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 from mammodino.errors import ConfigError
 
 CROP_SAMPLERS = ("tissue", "random")
+INTENSITY_MODES = ("dataset", "image", "none")
 MASKING_MODES = ("tissue", "random")
 
 _S = TypeVar("_S", bound="Section")
@@ -93,7 +94,14 @@ class PrepareSettings(Section):
     mask_size: int
     pectoral: bool
     voi: str
+    intensity: str
     workers: int
+
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ConfigError(
+                f"prepare.intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}"
+            )
 
 
 @dataclass(frozen=True)

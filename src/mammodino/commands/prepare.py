@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pectoral", action="store_true", help="also write pectoral masks (MLO)")
     parser.add_argument("--voi", choices=("none", "window", "voi_lut"), help="DICOM VOI mode")
+    parser.add_argument(
+        "--intensity", choices=("dataset", "image", "none"),
+        help="stretch from background (0) to brightest tissue (1): one stretch for the data set "
+        "(dataset), each image its own (image), or none",
+    )  # fmt: skip
     parser.add_argument("--salt", help="salt of pseudonymous ids (else data.salt, $MAMMODINO_SALT)")
     parser.add_argument(
         "--patients", help="CSV with columns source,patient: patient of non-DICOM files"
@@ -59,6 +64,8 @@ def _settings(args: argparse.Namespace):
             section[key] = getattr(args, flag)
     if args.voi:
         section.voi = args.voi
+    if args.intensity:
+        section.intensity = args.intensity
     if args.pectoral:
         section.pectoral = True
     if args.no_crop:
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
+    from mammodino.preprocess.intensity import NARROW_SPREAD
     from mammodino.preprocess.prepare import load_patients, run_prepare
 
     cfg, settings = _settings(args)
@@ -111,6 +119,18 @@ def run(args: argparse.Namespace) -> int:
     cfg.save(out / "config.yaml")
     if result.reused:
         print(f"{result.reused} already prepared by an earlier run (kept)", file=sys.stderr)
+    if result.levels is not None:
+        low, high = result.levels
+        print(
+            f"intensity: source values {low:.4g}-{high:.4g} -> 0-1 in every image", file=sys.stderr
+        )
+    if result.spread is not None and result.spread < NARROW_SPREAD:
+        print(
+            f"warning: the breasts span {result.spread:.0%} of the intensity range (median image);"
+            " For Presentation DICOMs with a narrow display window may need --voi window"
+            " (docs/prepare.md, Intensity)",
+            file=sys.stderr,
+        )
     print(result.summary())
     if args.shards is not None:
         from mammodino.data.shards import shard_prepared_cache

@@ -27,13 +27,19 @@ PARTS_KEY = "key.json"  # weights digest and settings the finished chunks were m
 def folder_rows(folder: Path, salt: str | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
     """Prepare a folder of images in memory (no cache written): rows and cache images."""
     from mammodino.io.reader import read_image
-    from mammodino.preprocess.pipeline import CacheOptions, plan_cache, render_image
+    from mammodino.preprocess.pipeline import (
+        CacheOptions,
+        plan_cache,
+        render_image,
+        with_dataset_levels,
+    )
     from mammodino.preprocess.prepare import find_sources
     from mammodino.preprocess.prepare_source import source_key
 
-    settings = CacheOptions()
+    sources = find_sources(folder)
+    settings = with_dataset_levels(CacheOptions(), [path for path, _ in sources])
     rows, images = [], []
-    for path, source in find_sources(folder):
+    for path, source in sources:
         try:
             image = read_image(path)
             plan = plan_cache(path, image.pixels, settings)
@@ -53,7 +59,7 @@ def folder_rows(folder: Path, salt: str | None) -> tuple[list[dict[str, str]], l
                 "cache_width": str(g.cache_width),
             }
         )
-        images.append(render_image(image.pixels, g).astype(np.float32) / 65535.0)
+        images.append(render_image(image.pixels, g, plan.levels).astype(np.float32) / 65535.0)
     return rows, images
 
 

@@ -76,6 +76,8 @@ MANIFEST_COLUMNS = [
     "slice_index",
     "slice_count",
     "slice_spacing_mm",
+    "intensity_low",
+    "intensity_high",
 ]
 REQUIRED_COLUMNS = ("id", "image", "mask")  # what every reader needs: the rest is optional
 _RERUN = "rerun `mammodino prepare`"

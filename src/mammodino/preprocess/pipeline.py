@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +17,16 @@ import cv2
 import numpy as np
 
 from mammodino.errors import ImageTooSmallError, NoBreastFoundError
+from mammodino.io.reader import read_image
+from mammodino.io.volumes import is_volume, mean_projection, open_volume
 from mammodino.preprocess.geometry import CacheGeometry, crop_box, plan_geometry
+from mammodino.preprocess.intensity import IntensityLevels, breast_levels, dataset_levels
 from mammodino.preprocess.mask import (
     MIN_BREAST_FRACTION,
     MaskResult,
     breast_mask,
     chest_wall_on_left,
+    downsample,
     mask_fraction,
 )
 from mammodino.preprocess.pectoral import pectoral_mask
@@ -55,6 +59,10 @@ class CacheOptions:
     min_side: int = 32  # smaller images cannot hold a breast
     pectoral: bool = False  # also write a pectoral-muscle mask for MLO views
     voi: str = "none"  # reader VOI mode: none | window | voi_lut
+    # dataset: one stretch for all images (levels measured on a sample, then fixed); image: each
+    # image from its own background (0) to its brightest tissue (1); none: as read
+    intensity: str = "dataset"
+    levels: tuple[float, float] | None = None  # the data set's (low, high), once measured
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> CacheOptions:
@@ -67,26 +75,33 @@ class CacheOptions:
             mask_size=section.mask_size,
             pectoral=section.pectoral,
             voi=section.voi,
+            intensity=section.intensity,
         )
 
 
 @dataclass
 class CachePlan:
-    """Geometry and the downsampled mask it came from."""
+    """Geometry, the downsampled mask it came from, and the intensity levels of every frame."""
 
     geometry: CacheGeometry
     mask: MaskResult
     mask_fraction: float
+    levels: IntensityLevels
 
 
 def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> CachePlan:
-    """Mask the breast, decide the flip and the crop; raise when there is no breast."""
+    """Levels, then the breast mask on the stretched image, the flip and the crop.
+
+    Raises when there is no breast. The mask's thresholds assume a background near 0, which a
+    source with an offset (a vendor's band of its bit range) does not have until stretched.
+    """
     height, width = pixels.shape
     if min(height, width) < settings.min_side:
         raise ImageTooSmallError(
             path, f"{height} x {width} pixels is too small for a mammogram", "leave it out"
         )
-    result = breast_mask(pixels, settings.mask_size)
+    levels = _levels(pixels, settings)
+    result = breast_mask(np.clip(levels.apply(pixels), 0.0, 1.0), settings.mask_size)
     fraction = mask_fraction(result.mask)
     if fraction < MIN_BREAST_FRACTION:
         raise NoBreastFoundError(
@@ -105,15 +120,57 @@ def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> 
     else:  # the whole image: the mask still marks the breast, for the tissue sampler
         box = (0, 0, width, height)
     geometry = plan_geometry(height, width, flipped, box, settings.cache_size)
-    return CachePlan(geometry, result, fraction)
+    return CachePlan(geometry, result, fraction, levels)
+
+
+def _levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels:
+    """The levels `settings` give this image: the data set's, its own, or none."""
+    if settings.intensity == "dataset" and settings.levels is not None:
+        return IntensityLevels(*settings.levels)
+    if settings.intensity in ("dataset", "image"):  # dataset unmeasured: a data set of one image
+        return own_levels(pixels, settings.mask_size)
+    return IntensityLevels()
+
+
+def own_levels(pixels: np.ndarray, mask_size: int) -> IntensityLevels:
+    """An image's own levels, measured with its mask (computed on the pixels as they are)."""
+    return breast_levels(downsample(pixels, mask_size)[0], breast_mask(pixels, mask_size).mask)
+
+
+def image_levels(path: str, settings: CacheOptions) -> IntensityLevels | None:
+    """One file's own levels (a volume's: of the projection its mask comes from); None when it
+    cannot be read."""
+    # Any failure only leaves the file out of the sample: the run itself reports it, with its
+    # reason, when it prepares the file (decoders and a corrupt header raise many types).
+    try:
+        if is_volume(path):
+            pixels = mean_projection(open_volume(path), settings.voi)
+        else:
+            pixels = read_image(path, voi=settings.voi).pixels
+        return own_levels(pixels, settings.mask_size)
+    except Exception:
+        return None
+
+
+def with_dataset_levels(settings: CacheOptions, paths: list[str]) -> CacheOptions:
+    """`settings` with the data set's levels measured on a sample of `paths` (dataset mode)."""
+    if settings.intensity != "dataset" or settings.levels is not None:
+        return settings
+    found = dataset_levels(paths, lambda path: image_levels(path, settings))
+    return replace(settings, levels=(found.low, found.high))
 
 
 def _original_columns(g: CacheGeometry) -> tuple[int, int]:
     return (g.width - g.crop_x1, g.width - g.crop_x0) if g.flipped else (g.crop_x0, g.crop_x1)
 
 
-def render_image(pixels: np.ndarray, g: CacheGeometry) -> np.ndarray:
-    """Crop, resize (area average) and flip one frame: uint16 cache image."""
+AS_READ = IntensityLevels()  # no stretch
+
+
+def render_image(
+    pixels: np.ndarray, g: CacheGeometry, levels: IntensityLevels = AS_READ
+) -> np.ndarray:
+    """Crop, resize (area average), flip and stretch to `levels` one frame: uint16 cache image."""
     c0, c1 = _original_columns(g)
     crop = pixels[g.crop_y0 : g.crop_y1, c0:c1]
     # Block-average by the integer part of the reduction first (fast path), then the rest;
@@ -125,7 +182,8 @@ def render_image(pixels: np.ndarray, g: CacheGeometry) -> np.ndarray:
     out = cv2.resize(crop, (g.cache_width, g.cache_height), interpolation=cv2.INTER_AREA)
     if g.flipped:
         out = out[:, ::-1]
-    return np.rint(np.clip(out, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    # After the resize: a linear stretch commutes with area averaging, on fewer pixels.
+    return np.rint(np.clip(levels.apply(out), 0.0, 1.0) * 65535.0).astype(np.uint16)
 
 
 def render_mask(mask: MaskResult, g: CacheGeometry) -> np.ndarray:

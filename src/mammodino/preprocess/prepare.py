@@ -14,7 +14,8 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from mammodino.errors import ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import IMAGE_SUFFIXES
 from mammodino.io.volumes import is_slice_folder
-from mammodino.preprocess.cache import write_csv_atomic, write_manifest
-from mammodino.preprocess.pipeline import CacheOptions
+from mammodino.preprocess.cache import read_cached_pair, write_csv_atomic, write_manifest
+from mammodino.preprocess.intensity import sample_evenly, tissue_spread
+from mammodino.preprocess.pipeline import CacheOptions, with_dataset_levels
 from mammodino.preprocess.prepare_source import (
     SourceTask,
     error_row,
@@ -46,6 +48,8 @@ class PrepareResult:
     images: int  # manifest rows (DBT slices count one each)
     errors: list[dict[str, str]] = field(default_factory=list)
     manifest: Path | None = None
+    levels: tuple[float, float] | None = None  # the data set's intensity levels (dataset mode)
+    spread: float | None = None  # median breast 1st-99th percentile width in the cache, of [0, 1]
 
     def summary(self) -> str:
         """The one line the command prints."""
@@ -131,13 +135,44 @@ def load_patients(path: str | Path | None) -> dict[str, str]:
         return {row["source"].strip(): row["patient"].strip() for row in reader}
 
 
+def _recorded_settings(out: Path) -> dict[str, Any] | None:
+    """The settings record of an OUT prepared before, keys it lacks at their value of then."""
+    path = out / SETTINGS_FILE
+    if not path.exists():
+        return None
+    # A key an older version did not write (`crop`) had its default then; `intensity` came
+    # later than the default it changed, so a record without it means none.
+    defaults = {**asdict(CacheOptions()), "intensity": "none"}
+    return {**defaults, **json.loads(path.read_text())}
+
+
+def _cached_spread(out: Path, rows: list[dict[str, Any]]) -> float | None:
+    """How wide the cached breasts' values are, on a sample of the cache (see NARROW_SPREAD)."""
+    by_image = {row["image"]: row for row in rows}
+    sample = [by_image[image] for image in sample_evenly(sorted(by_image))]
+    pairs = (
+        (image / 65535.0, mask > 0) for image, mask in map(partial(read_cached_pair, out), sample)
+    )
+    return tissue_spread(pairs)
+
+
+def _settings_for(out: Path, settings: CacheOptions, paths: list[str]) -> CacheOptions:
+    """Dataset levels: those OUT was prepared with (a resume, even with sources added), else a
+    sample's."""
+    previous = _recorded_settings(out) or {}
+    unmeasured = settings.intensity == "dataset" and settings.levels is None
+    if unmeasured and previous.get("intensity") == "dataset" and previous.get("levels"):
+        return replace(settings, levels=tuple(previous["levels"]))
+    return with_dataset_levels(settings, paths)
+
+
 def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None:
     """Refuse to mix caches made with different settings or salts in one OUT."""
     record = {**asdict(settings), "salt_check": pseudonymous_id("salt-check", salt)}
+    record = json.loads(json.dumps(record))  # as the file holds it: levels a list
     path = out / SETTINGS_FILE
-    if path.exists():
-        # A key an older version did not write (`crop`) had its default then.
-        previous = {**asdict(CacheOptions()), **json.loads(path.read_text())}
+    previous = _recorded_settings(out)
+    if previous is not None:
         previous, current = _output_settings(previous), _output_settings(record)
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current[k])
@@ -216,6 +251,7 @@ def run_prepare(
         raise ConfigError(no_sources_message(Path(src)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    settings = _settings_for(out, settings, [path for path, _ in sources])
     _check_settings(out, settings, salt)
     _remove_stale_temporaries(out)
     patients = patients or {}
@@ -245,4 +281,6 @@ def run_prepare(
         images=len(rows),
         errors=errors,
         manifest=manifest,
+        levels=settings.levels,
+        spread=_cached_spread(out, rows),
     )

@@ -122,11 +122,13 @@ def prepare_source(task: SourceTask) -> list[dict[str, Any]]:
         "bits_stored": meta.bits_stored,
         "source_format": meta.source_format,
         "mask_fraction": float((mask > 0).mean()),
+        "intensity_low": plan.levels.low,
+        "intensity_high": plan.levels.high,
     }
     rows = []
     for index in range(n_frames):
         frame = first if index == centre else read(index)
-        image = render_image(frame.pixels, g)
+        image = render_image(frame.pixels, g, plan.levels)
         image_id = key if n_frames == 1 else f"{key}-{index:03d}"
         image_rel = f"images/{image_id}.png"
         write_png_atomic(out / image_rel, image)
