@@ -60,7 +60,7 @@ def preprocess_once(path: Path, pixels: np.ndarray, out: Path) -> None:
     )
 
     plan = plan_cache(path, pixels, CacheOptions())
-    write_png_atomic(out / "image.png", render_image(pixels, plan.geometry))
+    write_png_atomic(out / "image.png", render_image(pixels, plan.geometry, plan.levels))
     write_png_atomic(out / "mask.png", render_mask(plan.mask, plan.geometry))
 
 

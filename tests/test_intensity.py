@@ -13,7 +13,12 @@ from helpers import settings_of, synthetic_breast, write_dicom
 from mammodino.cli import main
 from mammodino.errors import ConfigError
 from mammodino.preprocess.cache import read_manifest
-from mammodino.preprocess.intensity import IntensityLevels, breast_levels, tissue_spread
+from mammodino.preprocess.intensity import (
+    IntensityLevels,
+    breast_levels,
+    dataset_levels,
+    tissue_spread,
+)
 from mammodino.preprocess.prepare import SETTINGS_FILE
 
 
@@ -56,12 +61,21 @@ def test_without_background_the_breast_darkest_percentile_is_the_low_level():
     assert levels.low > 0.3 - 1e-6
 
 
-def test_flat_images_and_empty_masks_keep_their_values():
+def test_flat_images_and_empty_masks_have_no_levels():
     flat = np.full((50, 50), 0.4, np.float32)
-    assert breast_levels(flat, np.ones((50, 50), bool)) == IntensityLevels()
+    assert breast_levels(flat, np.ones((50, 50), bool)) is None
     image, _ = _breast_on_background()
-    assert breast_levels(image, np.zeros((100, 100), bool)) == IntensityLevels()
+    assert breast_levels(image, np.zeros((100, 100), bool)) is None
     assert IntensityLevels().apply(image) is image
+
+
+def test_dataset_levels_count_a_full_range_image_and_skip_what_was_not_measured():
+    # A windowed image reads 0 and 1: a measurement like any other, not "nothing measured".
+    readings = {"a": IntensityLevels(0.0, 1.0), "b": IntensityLevels(0.0, 1.0), "c": None}
+    readings["d"] = IntensityLevels(0.02, 0.8)
+    levels = dataset_levels(sorted(readings), readings.get)
+    assert levels == IntensityLevels(0.0, 1.0)  # median of the lows, highest of the highs
+    assert dataset_levels(["c"], readings.get) is None
 
 
 def _prepare(src: Path, out: Path, *extra: str) -> int:
@@ -88,12 +102,26 @@ def test_prepare_gives_one_cache_whatever_the_bit_range_of_the_source(tmp_path):
     # The same two breasts stored in a sixteenth of the 16-bit range and in all of it.
     _write_pair(tmp_path / "twelve", 1)
     _write_pair(tmp_path / "sixteen", 16)
+    # ... and in a GE-like band, background included: 0.505 + 0.095 x of the 16-bit range.
+    (tmp_path / "band").mkdir()
+    for png in sorted((tmp_path / "twelve").glob("*.png")):
+        x = cv2.imread(str(png), cv2.IMREAD_UNCHANGED) / 4095
+        cv2.imwrite(
+            str(tmp_path / "band" / png.name),
+            np.rint((0.505 + 0.095 * x) * 65535).astype(np.uint16),
+        )
+    assert _prepare(tmp_path / "band", tmp_path / "band-cache") == 0
+    band_as_read = tmp_path / "band-raw"
+    assert _prepare(tmp_path / "band", band_as_read, "--intensity", "none") == 0
     for name in ("twelve", "sixteen"):
         assert _prepare(tmp_path / name, tmp_path / f"{name}-cache") == 0
         assert _prepare(tmp_path / name, tmp_path / f"{name}-raw", "--intensity", "none") == 0
     twelve, sixteen = _cached(tmp_path / "twelve-cache"), _cached(tmp_path / "sixteen-cache")
+    band, band_raw = _cached(tmp_path / "band-cache"), _cached(band_as_read)
     for name in twelve:
         np.testing.assert_allclose(twelve[name], sixteen[name], atol=2e-4)
+        np.testing.assert_allclose(band[name], sixteen[name], atol=1e-3)
+        assert np.abs(band_raw[name] - sixteen[name]).max() > 0.3  # as read: far from it
     assert max(a.max() for a in twelve.values()) == pytest.approx(1.0)  # the full range in use
     raw = _cached(tmp_path / "twelve-raw")
     assert max(a.max() for a in raw.values()) < 1 / 16  # as read: 12 bits fill a sixteenth
@@ -170,13 +198,13 @@ def test_intensity_is_a_prepare_setting_that_a_resume_must_match(tmp_path, capsy
     assert _prepare(src, out) == 0
     assert json.loads((out / SETTINGS_FILE).read_text())["intensity"] == "dataset"
     assert _prepare(src, out, "--intensity", "none") == 1
-    assert "(intensity, levels)" in capsys.readouterr().err
+    assert "(intensity, levels); use a new OUT or --intensity dataset" in capsys.readouterr().err
     # A cache from before the setting stored its images as read: it resumes only as none.
     record = json.loads((out / SETTINGS_FILE).read_text())
     del record["intensity"], record["levels"]
     (out / SETTINGS_FILE).write_text(json.dumps(record))
     assert _prepare(src, out) == 1
-    assert "(intensity, levels)" in capsys.readouterr().err
+    assert "(intensity); use a new OUT or --intensity none" in capsys.readouterr().err
     assert _prepare(src, out, "--intensity", "none") == 0
 
 
@@ -228,3 +256,30 @@ def test_tissue_spread_is_the_median_width_of_the_breast_interior():
     width = np.percentile(image[:, :60], 99) - np.percentile(image[:, :60], 1)
     assert spread == pytest.approx(width / 2, rel=1e-4)  # the median of (width, width / 2, 0)
     assert tissue_spread([]) is None
+
+
+def test_a_file_without_a_breast_does_not_set_the_levels(tmp_path, capsys):
+    _write_pair(tmp_path / "src", 1)
+    assert _prepare(tmp_path / "src", tmp_path / "alone") == 0
+    alone = json.loads((tmp_path / "alone" / SETTINGS_FILE).read_text())["levels"]
+    # A test shot: black but for a full-scale marker on 0.4% of it (prepare skips it: no breast).
+    shot = np.full((256, 192), 40, np.uint16)
+    shot[10:20, 10:30] = 65535
+    cv2.imwrite(str(tmp_path / "src" / "c_shot.png"), shot)
+    capsys.readouterr()
+    assert _prepare(tmp_path / "src", tmp_path / "with-shot") == 0
+    assert "2 prepared, 1 skipped" in capsys.readouterr().out
+    assert json.loads((tmp_path / "with-shot" / SETTINGS_FILE).read_text())["levels"] == alone
+
+
+def test_no_measurable_file_keeps_the_values_and_says_so(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "random.dcm").write_bytes(
+        np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes()
+    )
+    assert _prepare(src, tmp_path / "out") == 0
+    captured = capsys.readouterr()
+    assert "0 prepared, 1 skipped" in captured.out
+    assert "no sampled file could be measured for intensity levels" in captured.err
+    assert json.loads((tmp_path / "out" / SETTINGS_FILE).read_text())["levels"] is None

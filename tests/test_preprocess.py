@@ -23,6 +23,7 @@ from mammodino.preprocess.mask import (
 )
 from mammodino.preprocess.pectoral import pectoral_mask
 from mammodino.preprocess.pipeline import (
+    AS_READ,
     CacheOptions,
     plan_cache,
     render_image,
@@ -103,7 +104,7 @@ def test_render_matches_geometry_point_mapping():
     image[100:104, 150:154] = 4095  # a bright dot on the breast at x ~151.5, y ~101.5
     unit = _unit(image)
     g = plan_cache("x.png", unit, CacheOptions(cache_size=96)).geometry
-    cached = render_image(unit, g)
+    cached = render_image(unit, g, AS_READ)
     cx, cy = original_to_cache(g, 151.5, 101.5)
     peak_y, peak_x = np.unravel_index(np.argmax(cached), cached.shape)
     assert abs(peak_x - cx) <= 1.0 and abs(peak_y - cy) <= 1.0

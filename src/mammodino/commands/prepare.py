@@ -17,6 +17,8 @@ HELP = "prepare a cache: breast masks, chest wall left, crops, manifest.csv, err
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from mammodino.settings import INTENSITY_MODES
+
     parser.add_argument("src", metavar="SRC", help="folder of images, one image, or a CSV list")
     parser.add_argument("out", metavar="OUT", help="cache folder (created; rerun resumes)")
     parser.add_argument("--workers", type=int, help="worker processes (default: prepare.workers)")
@@ -28,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pectoral", action="store_true", help="also write pectoral masks (MLO)")
     parser.add_argument("--voi", choices=("none", "window", "voi_lut"), help="DICOM VOI mode")
     parser.add_argument(
-        "--intensity", choices=("dataset", "image", "none"),
+        "--intensity", choices=INTENSITY_MODES,
         help="stretch from background (0) to brightest tissue (1): one stretch for the data set "
         "(dataset), each image its own (image), or none",
     )  # fmt: skip
@@ -124,11 +126,20 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"intensity: source values {low:.4g}-{high:.4g} -> 0-1 in every image", file=sys.stderr
         )
+    if settings.intensity == "dataset" and result.levels is None:
+        print(
+            "warning: no sampled file could be measured for intensity levels: kept as read",
+            file=sys.stderr,
+        )
     if result.spread is not None and result.spread < NARROW_SPREAD:
+        advice = (
+            "the default --intensity dataset stretches them"
+            if settings.intensity == "none"
+            else "For Presentation DICOMs with a narrow display window may need --voi window"
+        )
         print(
             f"warning: the breasts span {result.spread:.0%} of the intensity range (median image);"
-            " For Presentation DICOMs with a narrow display window may need --voi window"
-            " (docs/prepare.md, Intensity)",
+            f" {advice} (docs/prepare.md, Intensity)",
             file=sys.stderr,
         )
     print(result.summary())

@@ -27,13 +27,8 @@ PARTS_KEY = "key.json"  # weights digest and settings the finished chunks were m
 def folder_rows(folder: Path, salt: str | None) -> tuple[list[dict[str, str]], list[np.ndarray]]:
     """Prepare a folder of images in memory (no cache written): rows and cache images."""
     from mammodino.io.reader import read_image
-    from mammodino.preprocess.pipeline import (
-        CacheOptions,
-        plan_cache,
-        render_image,
-        with_dataset_levels,
-    )
-    from mammodino.preprocess.prepare import find_sources
+    from mammodino.preprocess.pipeline import CacheOptions, plan_cache, render_image
+    from mammodino.preprocess.prepare import find_sources, with_dataset_levels
     from mammodino.preprocess.prepare_source import source_key
 
     sources = find_sources(folder)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# Images measured for a data set's levels, evenly spaced over its sorted sources.
+# Images measured for a data set's levels, evenly spaced over its sources (in their listed order).
 SAMPLE_SIZE = 64
 
 # The breast's top percentile becomes 1: high enough that only calcifications and markers (a
@@ -53,15 +53,16 @@ class IntensityLevels:
         return (pixels - np.float32(self.low)) * scale
 
 
-def breast_levels(small: np.ndarray, mask: np.ndarray) -> IntensityLevels:
+def breast_levels(small: np.ndarray, mask: np.ndarray) -> IntensityLevels | None:
     """Levels of one image from its downsampled copy and breast mask (same grid).
 
     low: the median of the background (film base, detector floor; robust to labels and tape);
-    high: the breast's 99.9th percentile. An empty mask or a flat image keeps the identity.
+    high: the breast's 99.9th percentile. None for an empty mask or a flat image: nothing to
+    measure (unlike levels 0 and 1, which a windowed image may well have).
     """
     breast = small[mask]
     if breast.size == 0:
-        return IntensityLevels()
+        return None
     background = small[~mask]
     if background.size >= MIN_BACKGROUND_SHARE * small.size:
         low = float(np.median(background))
@@ -69,7 +70,7 @@ def breast_levels(small: np.ndarray, mask: np.ndarray) -> IntensityLevels:
         low = float(np.percentile(breast, DARK_PERCENTILE))
     high = float(np.percentile(breast, BRIGHT_PERCENTILE))
     if not high - low >= MIN_SPAN:  # also catches NaN
-        return IntensityLevels()
+        return None
     return IntensityLevels(low, high)
 
 
@@ -83,24 +84,21 @@ def sample_evenly(items: Sequence[str], size: int = SAMPLE_SIZE) -> list[str]:
 
 def dataset_levels(
     sources: Sequence[str], measure: Callable[[str], IntensityLevels | None]
-) -> IntensityLevels:
-    """A sample's levels: the median of its lows, the highest of its highs.
+) -> IntensityLevels | None:
+    """A sample's levels: the median of its lows, the highest of its highs; None if none measured.
 
     The highest, so that no image of the sample clips its brightest tissue (on all of mini-MIAS
     2 of 322 images clip more than 1% of their breast, at most 1.3%); with the median of the
     highs one image in ten would clip more than 5%, with their 95th percentile 14 images more
     than 1% (up to 20%). `measure` gives one source's own levels, or None for a file that cannot
-    be read.
+    be read or holds no breast.
     """
     measured = [m for m in map(measure, sample_evenly(sources)) if m is not None]
-    measured = [
-        m for m in measured if m != IntensityLevels()
-    ]  # flat or maskless images say nothing
     if not measured:
-        return IntensityLevels()
+        return None
     low = float(np.median([m.low for m in measured]))
     high = max(m.high for m in measured)
-    return IntensityLevels(low, high) if high - low >= MIN_SPAN else IntensityLevels()
+    return IntensityLevels(low, high) if high - low >= MIN_SPAN else None
 
 
 def tissue_spread(images: Iterable[tuple[np.ndarray, np.ndarray]]) -> float | None:

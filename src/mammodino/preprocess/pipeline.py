@@ -1,7 +1,8 @@
-"""One image to its cached copy: mask, canonical orientation, crop with margin, resize, write.
+"""One image to its cached copy: intensity levels, mask, canonical orientation, crop, resize, write.
 
-`plan_cache` decides the geometry from one frame (the central one for DBT); `render_cache`
-applies it to any frame, so all slices of a volume share one crop and stay aligned.
+`plan_cache` decides the levels and the geometry from one frame (a DBT volume's mean projection);
+`render_image` applies them to any frame, so all slices of a volume share one crop and one
+stretch and stay aligned.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,8 @@ import cv2
 import numpy as np
 
 from mammodino.errors import ImageTooSmallError, NoBreastFoundError
-from mammodino.io.reader import read_image
-from mammodino.io.volumes import is_volume, mean_projection, open_volume
 from mammodino.preprocess.geometry import CacheGeometry, crop_box, plan_geometry
-from mammodino.preprocess.intensity import IntensityLevels, breast_levels, dataset_levels
+from mammodino.preprocess.intensity import IntensityLevels, breast_levels
 from mammodino.preprocess.mask import (
     MIN_BREAST_FRACTION,
     MaskResult,
@@ -30,7 +29,9 @@ from mammodino.preprocess.mask import (
     mask_fraction,
 )
 from mammodino.preprocess.pectoral import pectoral_mask
-from mammodino.settings import Settings
+from mammodino.settings import INTENSITY_MODES, Settings
+
+AS_READ = IntensityLevels()  # no stretch
 
 # zlib level 1 with the RLE strategy after the UP filter: on a 1024 x 451 uint16 mammogram
 # 2x faster than level 1's default and ~2% smaller (40 ms, 0.73 MB; uncompressed 0.93 MB).
@@ -64,6 +65,10 @@ class CacheOptions:
     intensity: str = "dataset"
     levels: tuple[float, float] | None = None  # the data set's (low, high), once measured
 
+    def __post_init__(self) -> None:
+        if self.intensity not in INTENSITY_MODES:
+            raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {self.intensity!r}")
+
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> CacheOptions:
         """The settings of the config's `prepare` section (min_side is no config key)."""
@@ -90,10 +95,12 @@ class CachePlan:
 
 
 def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> CachePlan:
-    """Levels, then the breast mask on the stretched image, the flip and the crop.
+    """Levels, then the breast mask of the stretched image, the flip and the crop.
 
-    Raises when there is no breast. The mask's thresholds assume a background near 0, which a
-    source with an offset (a vendor's band of its bit range) does not have until stretched.
+    Raises when there is no breast. The mask is computed after the stretch because its thresholds
+    assume a background near 0, which a source with an offset (a vendor's band of its bit range)
+    has only once stretched; `image` mode measures its levels with a first mask of the pixels as
+    they are.
     """
     height, width = pixels.shape
     if min(height, width) < settings.min_side:
@@ -124,52 +131,34 @@ def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> 
 
 
 def _levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels:
-    """The levels `settings` give this image: the data set's, its own, or none."""
+    """The levels `settings` give this image: the data set's, its own, or none.
+
+    `dataset` without measured levels (a data set none of whose sampled files could be measured)
+    keeps the values as read.
+    """
     if settings.intensity == "dataset" and settings.levels is not None:
         return IntensityLevels(*settings.levels)
-    if settings.intensity in ("dataset", "image"):  # dataset unmeasured: a data set of one image
-        return own_levels(pixels, settings.mask_size)
-    return IntensityLevels()
+    if settings.intensity == "image":
+        return own_levels(pixels, settings) or AS_READ
+    return AS_READ
 
 
-def own_levels(pixels: np.ndarray, mask_size: int) -> IntensityLevels:
-    """An image's own levels, measured with its mask (computed on the pixels as they are)."""
-    return breast_levels(downsample(pixels, mask_size)[0], breast_mask(pixels, mask_size).mask)
-
-
-def image_levels(path: str, settings: CacheOptions) -> IntensityLevels | None:
-    """One file's own levels (a volume's: of the projection its mask comes from); None when it
-    cannot be read."""
-    # Any failure only leaves the file out of the sample: the run itself reports it, with its
-    # reason, when it prepares the file (decoders and a corrupt header raise many types).
-    try:
-        if is_volume(path):
-            pixels = mean_projection(open_volume(path), settings.voi)
-        else:
-            pixels = read_image(path, voi=settings.voi).pixels
-        return own_levels(pixels, settings.mask_size)
-    except Exception:
+def own_levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels | None:
+    """An image's own levels, from a mask of its pixels as they are; None where `plan_cache` would
+    find no breast (too small, under MIN_BREAST_FRACTION) or nothing to measure."""
+    if min(pixels.shape) < settings.min_side:
         return None
-
-
-def with_dataset_levels(settings: CacheOptions, paths: list[str]) -> CacheOptions:
-    """`settings` with the data set's levels measured on a sample of `paths` (dataset mode)."""
-    if settings.intensity != "dataset" or settings.levels is not None:
-        return settings
-    found = dataset_levels(paths, lambda path: image_levels(path, settings))
-    return replace(settings, levels=(found.low, found.high))
+    mask = breast_mask(pixels, settings.mask_size).mask
+    if mask_fraction(mask) < MIN_BREAST_FRACTION:
+        return None
+    return breast_levels(downsample(pixels, settings.mask_size)[0], mask)
 
 
 def _original_columns(g: CacheGeometry) -> tuple[int, int]:
     return (g.width - g.crop_x1, g.width - g.crop_x0) if g.flipped else (g.crop_x0, g.crop_x1)
 
 
-AS_READ = IntensityLevels()  # no stretch
-
-
-def render_image(
-    pixels: np.ndarray, g: CacheGeometry, levels: IntensityLevels = AS_READ
-) -> np.ndarray:
+def render_image(pixels: np.ndarray, g: CacheGeometry, levels: IntensityLevels) -> np.ndarray:
     """Crop, resize (area average), flip and stretch to `levels` one frame: uint16 cache image."""
     c0, c1 = _original_columns(g)
     crop = pixels[g.crop_y0 : g.crop_y1, c0:c1]

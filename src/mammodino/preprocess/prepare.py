@@ -19,13 +19,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from mammodino.errors import ConfigError
+from mammodino.errors import CacheError, ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
-from mammodino.io.reader import IMAGE_SUFFIXES
-from mammodino.io.volumes import is_slice_folder
+from mammodino.io.reader import IMAGE_SUFFIXES, read_image
+from mammodino.io.volumes import is_slice_folder, is_volume, mean_projection, open_volume
 from mammodino.preprocess.cache import read_cached_pair, write_csv_atomic, write_manifest
-from mammodino.preprocess.intensity import sample_evenly, tissue_spread
-from mammodino.preprocess.pipeline import CacheOptions, with_dataset_levels
+from mammodino.preprocess.intensity import (
+    IntensityLevels,
+    dataset_levels,
+    sample_evenly,
+    tissue_spread,
+)
+from mammodino.preprocess.pipeline import CacheOptions, own_levels
 from mammodino.preprocess.prepare_source import (
     SourceTask,
     error_row,
@@ -149,21 +154,51 @@ def _recorded_settings(out: Path) -> dict[str, Any] | None:
 def _cached_spread(out: Path, rows: list[dict[str, Any]]) -> float | None:
     """How wide the cached breasts' values are, on a sample of the cache (see NARROW_SPREAD)."""
     by_image = {row["image"]: row for row in rows}
-    sample = [by_image[image] for image in sample_evenly(sorted(by_image))]
-    pairs = (
-        (image / 65535.0, mask > 0) for image, mask in map(partial(read_cached_pair, out), sample)
-    )
+    pairs = []
+    for image in sample_evenly(sorted(by_image)):
+        try:
+            pixels, mask = read_cached_pair(out, by_image[image])
+        except CacheError:  # only a diagnostic: a file gone missing is the next run's to redo
+            continue
+        pairs.append((pixels / 65535.0, mask > 0))
     return tissue_spread(pairs)
 
 
 def _settings_for(out: Path, settings: CacheOptions, paths: list[str]) -> CacheOptions:
     """Dataset levels: those OUT was prepared with (a resume, even with sources added), else a
-    sample's."""
+    sample's. An OUT of another intensity mode is left to `_check_settings` to refuse, unmeasured."""
     previous = _recorded_settings(out) or {}
-    unmeasured = settings.intensity == "dataset" and settings.levels is None
-    if unmeasured and previous.get("intensity") == "dataset" and previous.get("levels"):
+    if settings.intensity != "dataset" or settings.levels is not None:
+        return settings
+    if previous and previous["intensity"] != "dataset":
+        return settings
+    if previous.get("levels"):
         return replace(settings, levels=tuple(previous["levels"]))
     return with_dataset_levels(settings, paths)
+
+
+def source_levels(path: str, settings: CacheOptions) -> IntensityLevels | None:
+    """One file's own levels (a volume's: of the mean projection its mask comes from); None when
+    it cannot be read or holds no breast."""
+    # A failure only leaves the file out of the sample: the run reports it, with its reason, when
+    # it prepares the file (decoders and corrupt headers raise many types).
+    try:
+        if is_volume(path):
+            pixels = mean_projection(open_volume(path), settings.voi)
+        else:
+            pixels = read_image(path, voi=settings.voi).pixels
+        return own_levels(pixels, settings)
+    except Exception:
+        return None
+
+
+def with_dataset_levels(settings: CacheOptions, paths: list[str]) -> CacheOptions:
+    """`settings` with the data set's levels measured on a sample of `paths` (dataset mode);
+    unchanged (levels None: images kept as read) when no sampled file could be measured."""
+    if settings.intensity != "dataset" or settings.levels is not None:
+        return settings
+    found = dataset_levels(paths, partial(source_levels, settings=settings))
+    return settings if found is None else replace(settings, levels=(found.low, found.high))
 
 
 def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None:
@@ -176,8 +211,12 @@ def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None
         previous, current = _output_settings(previous), _output_settings(record)
         if previous != current:
             changed = sorted(k for k in current if previous.get(k) != current[k])
+            hint = ""
+            if "intensity" in changed:  # e.g. a cache from before the setting: it was none
+                hint = f" or --intensity {previous['intensity']}"
             raise ConfigError(
                 f"{out} was prepared with other settings ({', '.join(changed)}); use a new OUT"
+                + hint
             )
         return
     path.write_text(json.dumps(record, indent=1))
