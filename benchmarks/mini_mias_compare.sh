@@ -28,6 +28,8 @@
 # dinov2-recipe") may add the ablations mammodino-random-crops (MammoDINO with random crops, tissue
 # masking kept) and mammodino-random-masking (tissue crops, random masking): give the same WORK,
 # OVERRIDES and SEEDS as the comparison they belong to, and the tables pair each against mammodino.
+# INTENSITY=none prepares the cache as read, as every run before 2026-12-04 (default: dataset,
+# `prepare`'s own; docs/prepare.md, "Intensity"); a WORK keeps the cache it has.
 # Needs ../shared/data/mini-mias.
 set -euo pipefail
 {  # read whole before it runs: a file edited or pulled mid-run cannot change the run
@@ -57,7 +59,8 @@ for name in "${recipes[@]}"; do
   [ -n "${recipe[$name]+set}" ] || { echo "unknown recipe '$name' (known: ${!recipe[*]})"; exit 2; }
 done
 [ -f "$WORK/cache/manifest.csv" ] || \
-  $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress "${crop[@]}"
+  $BIN prepare "$MIAS" "$WORK/cache" --workers 2 --no-progress "${crop[@]}" \
+    --intensity "${INTENSITY:-dataset}"
 # The cache's kind from its manifest (whole: every crop box is the whole image), whatever made it.
 .venv/bin/python - "$WORK/cache" "$CACHE" <<'PY'
 import statistics, sys
