@@ -163,3 +163,33 @@ def test_embed_chunks_from_another_kind_of_device_are_not_reused(tmp_path, capsy
     lines = [line for line in capsys.readouterr().out.splitlines() if "starting over" in line]
     assert len(lines) == 1 and "device cuda -> cpu" in lines[0]
     assert json.loads(key_file.read_text())["device"] == "cpu"
+
+
+def _record_intensity(cache, mode):
+    """The settings record `prepare` writes, reduced to what the check reads."""
+    (cache / "prepare_settings.json").write_text(json.dumps({"intensity": mode, "crop": True}))
+
+
+def test_embed_names_a_cache_stretched_otherwise_than_the_training_one(tmp_path, capsys):
+    from helpers import fake_run
+
+    run, _ = fake_run(tmp_path)
+    trained_on, given = tmp_path / "trained-on", tmp_path / "given"
+    _tiny_cache(trained_on)
+    _tiny_cache(given)
+    (run / "config.yaml").write_text(f"data:\n  source: {trained_on}\n")
+    args = ["embed", "--weights", str(run), "--image-size", "28", "--no-progress"]
+    _record_intensity(trained_on, "none")
+    _record_intensity(given, "dataset")
+    assert main([*args, "--input", str(given), "--output", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "trained on a cache prepared with --intensity none" in err
+    assert "the input was prepared with --intensity dataset" in err
+    _record_intensity(given, "none")  # alike: nothing to say
+    assert main([*args, "--input", str(given), "--output", str(tmp_path / "b")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    # A record from before the setting means the cache was prepared as read.
+    (given / "prepare_settings.json").write_text(json.dumps({"crop": True}))
+    _record_intensity(trained_on, "dataset")
+    assert main([*args, "--input", str(given), "--output", str(tmp_path / "c")]) == 0
+    assert "the input was prepared with --intensity none" in capsys.readouterr().err

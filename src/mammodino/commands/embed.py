@@ -13,6 +13,7 @@ features.npz and meta.csv (see docs/evaluation.md); a rerun resumes from finishe
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "frozen backbone features per image (CLS, patch mean, patch grid)"
 
@@ -35,6 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _warn_on_other_intensity(weights: str, cache) -> None:
+    """One line when the run trained on images stretched otherwise than the input's."""
+    from mammodino.eval.weights_source import training_intensity
+    from mammodino.preprocess.prepare import recorded_intensity
+
+    trained = training_intensity(weights)
+    given = recorded_intensity(cache) if cache is not None else "dataset"  # a folder: defaults
+    if trained is not None and given is not None and trained != given:
+        print(
+            f"warning: {weights} trained on a cache prepared with --intensity {trained}, the input"
+            f" was prepared with --intensity {given}: its images are scaled otherwise"
+            " (docs/prepare.md, Intensity)",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -53,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     cached = is_prepared_cache(source)
     if not cached and not source.is_dir():
         raise MammodinoError(f"{source}: neither a prepared cache nor a folder of images")
+    _warn_on_other_intensity(args.weights, source if cached else None)
 
     from rich.progress import Progress
 

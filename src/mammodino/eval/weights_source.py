@@ -1,5 +1,7 @@
 """`check_weights_source`: whether `--weights` names something `load_backbone` can take.
 
+`training_intensity`: how the cache a run folder trained on was prepared (`prepare.intensity`).
+
 At once and without torch: `random:ARCH/PATCH`, a run folder, an export or HF folder, or a file
 whose first bytes fit its kind (io/weights.py). A prepared cache given by mistake is named as one.
 """
@@ -39,3 +41,24 @@ def check_weights_source(spec: str) -> None:
         check_safetensors_file(path)
     else:
         check_torch_file(path)
+
+
+def training_intensity(spec: str) -> str | None:
+    """The intensity mode of the cache a run folder trained on, while that cache is still there.
+
+    None for anything else (random weights, checkpoints, exports, shards, a cache moved away).
+    """
+    import yaml
+
+    from mammodino.preprocess.prepare import recorded_intensity
+
+    config = Path(spec) / "config.yaml"
+    if not (Path(spec) / RUN_MARKER).is_dir() or not config.is_file():
+        return None
+    try:
+        source = (yaml.safe_load(config.read_text()) or {}).get("data", {}).get("source")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    if not isinstance(source, str) or not is_prepared_cache(source):
+        return None
+    return recorded_intensity(source)

@@ -23,7 +23,12 @@ from mammodino.errors import CacheError, ConfigError
 from mammodino.io.pseudonym import pseudonymous_id
 from mammodino.io.reader import IMAGE_SUFFIXES, read_image
 from mammodino.io.volumes import is_slice_folder, is_volume, mean_projection, open_volume
-from mammodino.preprocess.cache import read_cached_pair, write_csv_atomic, write_manifest
+from mammodino.preprocess.cache import (
+    cache_folder,
+    read_cached_pair,
+    write_csv_atomic,
+    write_manifest,
+)
 from mammodino.preprocess.intensity import (
     IntensityLevels,
     dataset_levels,
@@ -149,6 +154,13 @@ def _recorded_settings(out: Path) -> dict[str, Any] | None:
     # later than the default it changed, so a record without it means none.
     defaults = {**asdict(CacheOptions()), "intensity": "none"}
     return {**defaults, **json.loads(path.read_text())}
+
+
+def recorded_intensity(cache: str | Path) -> str | None:
+    """The intensity mode a prepared cache was made with (none before the setting existed);
+    None for a cache without a settings record."""
+    previous = _recorded_settings(cache_folder(cache))
+    return None if previous is None else previous["intensity"]
 
 
 def _cached_spread(out: Path, rows: list[dict[str, Any]]) -> float | None:
