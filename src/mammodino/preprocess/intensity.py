@@ -32,9 +32,10 @@ DARK_PERCENTILE = 0.1
 # Levels closer than this describe a flat image: it is left as it is.
 MIN_SPAN = 1e-3
 # A cache whose breasts span less than this share of [0, 1] (1st to 99th percentile, median
-# image) holds its tissue in a narrow band: mini-MIAS spans 0.77 after the stretch, its phantoms
-# 0.70; a GE-like display window over a black background would leave about 0.15.
+# image) holds its tissue in a narrow band: mini-MIAS spans 0.77 after the stretch, the project's
+# phantoms 0.70; a GE-like display window over a black background would leave about 0.15.
 NARROW_SPREAD = 0.25
+# That spread is measured this far inside the mask, whose edge pixels mix in background.
 EDGE_PIXELS = 3
 
 
