@@ -108,7 +108,7 @@ def plan_cache(path: str | Path, pixels: np.ndarray, settings: CacheOptions) -> 
             path, f"{height} x {width} pixels is too small for a mammogram", "leave it out"
         )
     levels = _levels(pixels, settings)
-    result = breast_mask(np.clip(levels.apply(pixels), 0.0, 1.0), settings.mask_size)
+    result = breast_mask(_stretched(pixels, levels), settings.mask_size)
     fraction = mask_fraction(result.mask)
     if fraction < MIN_BREAST_FRACTION:
         raise NoBreastFoundError(
@@ -141,6 +141,14 @@ def _levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels:
     if settings.intensity == "image":
         return own_levels(pixels, settings) or AS_READ
     return AS_READ
+
+
+def _stretched(pixels: np.ndarray, levels: IntensityLevels) -> np.ndarray:
+    """The frame stretched and clipped to [0, 1]; as read, the frame itself (no full-size copy)."""
+    if levels == AS_READ:
+        return pixels
+    stretched = levels.apply(pixels)  # a new array: clipping it in place touches no caller's data
+    return np.clip(stretched, 0.0, 1.0, out=stretched)
 
 
 def own_levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels | None:

@@ -176,10 +176,12 @@ def _cached_spread(out: Path, rows: list[dict[str, Any]]) -> float | None:
     return tissue_spread(pairs)
 
 
-def _settings_for(out: Path, settings: CacheOptions, paths: list[str]) -> CacheOptions:
-    """Dataset levels: those OUT was prepared with (a resume, even with sources added), else a
-    sample's. An OUT of another intensity mode is left to `_check_settings` to refuse, unmeasured."""
-    previous = _recorded_settings(out) or {}
+def _settings_for(
+    settings: CacheOptions, previous: dict[str, Any] | None, paths: list[str]
+) -> CacheOptions:
+    """Dataset levels: those of OUT's record `previous` (a resume, even with sources added), else
+    a sample's. An OUT of another intensity mode is left to `_check_settings` to refuse, unmeasured."""
+    previous = previous or {}
     if settings.intensity != "dataset" or settings.levels is not None:
         return settings
     if previous and previous["intensity"] != "dataset":
@@ -213,12 +215,14 @@ def with_dataset_levels(settings: CacheOptions, paths: list[str]) -> CacheOption
     return settings if found is None else replace(settings, levels=(found.low, found.high))
 
 
-def _check_settings(out: Path, settings: CacheOptions, salt: str | None) -> None:
-    """Refuse to mix caches made with different settings or salts in one OUT."""
+def _check_settings(
+    out: Path, settings: CacheOptions, salt: str | None, previous: dict[str, Any] | None
+) -> None:
+    """Refuse to mix caches made with different settings or salts in one OUT (its record:
+    `previous`, None for a new OUT)."""
     record = {**asdict(settings), "salt_check": pseudonymous_id("salt-check", salt)}
     record = json.loads(json.dumps(record))  # as the file holds it: levels a list
     path = out / SETTINGS_FILE
-    previous = _recorded_settings(out)
     if previous is not None:
         previous, current = _output_settings(previous), _output_settings(record)
         if previous != current:
@@ -302,8 +306,9 @@ def run_prepare(
         raise ConfigError(no_sources_message(Path(src)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = _settings_for(out, settings, [path for path, _ in sources])
-    _check_settings(out, settings, salt)
+    previous = _recorded_settings(out)
+    settings = _settings_for(settings, previous, [path for path, _ in sources])
+    _check_settings(out, settings, salt, previous)
     _remove_stale_temporaries(out)
     patients = patients or {}
     tasks = [
