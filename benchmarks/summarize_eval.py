@@ -9,7 +9,8 @@ recipe's mean and standard deviation over its seeds (RECIPE itself is seed 0). W
 difference paired by seed (same seed: same initialisation and image order) with a 95% Student t
 interval: the figure issue 13's "3 points above the DINOv2 recipe" is read from. Ablation runs of
 mini_mias_compare.sh (`mammodino-random-crops`, `mammodino-random-masking`) get the same table
-against `mammodino`: what each tissue-aware part adds, seed by seed.
+against `mammodino`: what each tissue-aware part adds, seed by seed; runs of phantom_mix.sh
+(`mammodino+phantoms`) get `mammodino+phantoms - mammodino`: what the phantoms add.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ PAIRS = (
     ("mammodino", "dinov2-recipe"),
     ("mammodino", "mammodino-random-crops"),
     ("mammodino", "mammodino-random-masking"),
+    ("mammodino+phantoms", "mammodino"),
 )
 
 
