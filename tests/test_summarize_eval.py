@@ -85,6 +85,23 @@ def test_ablation_runs_are_paired_against_mammodino(summarize_eval, tmp_path):
     assert not any("dinov2-recipe" in line for line in lines)
 
 
+def test_phantom_mix_runs_are_paired_with_mammodino(summarize_eval, tmp_path):
+    density = {  # run: (kNN, logreg); phantom_mix.sh's names for seeds 9 and 10
+        "mammodino-seed9": (0.69, 0.71),
+        "mammodino-seed10": (0.67, 0.69),
+        "mammodino+phantoms-seed9": (0.60, 0.66),
+        "mammodino+phantoms-seed10": (0.65, 0.70),
+    }
+    for name, (knn, logreg) in density.items():
+        _write(tmp_path, name, "density", {"knn": knn, "logreg": logreg})
+    lines = summarize_eval.summarize(tmp_path).splitlines()
+
+    assert lines[-3].startswith("| mammodino+phantoms - mammodino (seeds paired) |")
+    # kNN differences -0.09, -0.02; logreg -0.05, +0.01: what the phantoms add.
+    _, knn_low, knn_high = summarize_eval.paired_difference([-0.09, -0.02])
+    assert lines[-1].startswith(f"| 2 seeds | -0.055 [{knn_low:+.3f}, {knn_high:+.3f}] | -0.020 ")
+
+
 def test_no_paired_table_with_one_common_seed(summarize_eval, tmp_path):
     for name in ("mammodino", "mammodino-seed1", "dinov2-recipe"):
         _write(tmp_path, name, "density", {"knn": 0.7, "logreg": 0.7})
