@@ -40,6 +40,7 @@ PH="$WORK/phantoms-$N"
 [ -f "$PH-cache/manifest.csv" ] || \
   $BIN prepare "$PH/ffdm" "$PH-cache" --workers 2 --no-progress "${like_cache[@]}"
 
+mkdir -p "$WORK/runs" "$WORK/feats" "$WORK/eval"  # a WORK_DIR made by hand may lack them
 MIX="$WORK/mix-$N"
 if [ ! -f "$MIX/manifest.csv" ]; then
   mkdir -p "$MIX"
