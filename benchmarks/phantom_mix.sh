@@ -30,7 +30,7 @@ import json, sys
 from pathlib import Path
 from mammodino.preprocess.prepare import SETTINGS_FILE, recorded_intensity
 record = Path(sys.argv[1]) / SETTINGS_FILE
-if record.is_file():  # a cache made otherwise: the phantoms get prepare's defaults
+if record.is_file():  # without one (a cache made otherwise) the phantoms get prepare's defaults
     crop = json.loads(record.read_text()).get("crop", True)
     print(*([] if crop else ["--no-crop"]), "--intensity", recorded_intensity(sys.argv[1]))
 PY
