@@ -26,13 +26,11 @@ done
 
 # The phantoms' cache is made as WORK's cache was: the same crop and intensity settings.
 read -r -a like_cache < <(.venv/bin/python - "$WORK/cache" <<'PY'
-import json, sys
-from pathlib import Path
-from mammodino.preprocess.prepare import SETTINGS_FILE, recorded_intensity
-record = Path(sys.argv[1]) / SETTINGS_FILE
-if record.is_file():  # without one (a cache made otherwise) the phantoms get prepare's defaults
-    crop = json.loads(record.read_text()).get("crop", True)
-    print(*([] if crop else ["--no-crop"]), "--intensity", recorded_intensity(sys.argv[1]))
+import sys
+from mammodino.preprocess.prepare import recorded_settings
+record = recorded_settings(sys.argv[1])
+if record:  # without one (a cache made otherwise) the phantoms get prepare's defaults
+    print(*([] if record["crop"] else ["--no-crop"]), "--intensity", record["intensity"])
 PY
 )
 PH="$WORK/phantoms-$N"

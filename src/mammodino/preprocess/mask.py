@@ -99,7 +99,12 @@ def breast_mask(pixels: np.ndarray, mask_size: int = 512) -> MaskResult:
 
     Returns an empty mask when no breast-sized bright region exists (the caller decides).
     """
-    small, scale = downsample(pixels, mask_size)
+    return downsampled_breast_mask(*downsample(pixels, mask_size))
+
+
+def downsampled_breast_mask(small: np.ndarray, scale: float) -> MaskResult:
+    """`breast_mask` of a copy `downsample` already made (`scale`: its factor), for a caller that
+    needs the copy too; `small` is not modified."""
     small = cv2.GaussianBlur(small, (0, 0), 1.0)  # detector noise would fray the edge
     p99 = float(np.percentile(small, 99))
     if p99 <= 0.0 or float(small.max() - small.min()) < 1e-6:

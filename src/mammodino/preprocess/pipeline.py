@@ -26,6 +26,7 @@ from mammodino.preprocess.mask import (
     breast_mask,
     chest_wall_on_left,
     downsample,
+    downsampled_breast_mask,
     mask_fraction,
 )
 from mammodino.preprocess.pectoral import pectoral_mask
@@ -156,10 +157,11 @@ def own_levels(pixels: np.ndarray, settings: CacheOptions) -> IntensityLevels | 
     find no breast (too small, under MIN_BREAST_FRACTION) or nothing to measure."""
     if min(pixels.shape) < settings.min_side:
         return None
-    mask = breast_mask(pixels, settings.mask_size).mask
+    small, scale = downsample(pixels, settings.mask_size)
+    mask = downsampled_breast_mask(small, scale).mask
     if mask_fraction(mask) < MIN_BREAST_FRACTION:
         return None
-    return breast_levels(downsample(pixels, settings.mask_size)[0], mask)
+    return breast_levels(small, mask)
 
 
 def _original_columns(g: CacheGeometry) -> tuple[int, int]:

@@ -145,9 +145,10 @@ def load_patients(path: str | Path | None) -> dict[str, str]:
         return {row["source"].strip(): row["patient"].strip() for row in reader}
 
 
-def _recorded_settings(out: Path) -> dict[str, Any] | None:
-    """The settings record of an OUT prepared before, keys it lacks at their value of then."""
-    path = out / SETTINGS_FILE
+def recorded_settings(cache: str | Path) -> dict[str, Any] | None:
+    """The settings record of a cache (or an OUT) prepared before, keys it lacks at their value
+    of then; None without a record."""
+    path = cache_folder(cache) / SETTINGS_FILE
     if not path.exists():
         return None
     # A key an older version did not write (`crop`) had its default then; `intensity` came
@@ -159,7 +160,7 @@ def _recorded_settings(out: Path) -> dict[str, Any] | None:
 def recorded_intensity(cache: str | Path) -> str | None:
     """The intensity mode a prepared cache was made with (none before the setting existed);
     None for a cache without a settings record."""
-    previous = _recorded_settings(cache_folder(cache))
+    previous = recorded_settings(cache)
     return None if previous is None else previous["intensity"]
 
 
@@ -306,7 +307,7 @@ def run_prepare(
         raise ConfigError(no_sources_message(Path(src)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    previous = _recorded_settings(out)
+    previous = recorded_settings(out)
     settings = _settings_for(settings, previous, [path for path, _ in sources])
     _check_settings(out, settings, salt, previous)
     _remove_stale_temporaries(out)
